@@ -1,0 +1,64 @@
+"""The operator's API: deposits, withdrawals and balances, behind `Authorization: Bearer`."""
+
+import hmac
+
+from flask import Blueprint, current_app, jsonify, request
+
+import schemas
+import wallet
+from db import get_db
+from errors import ApiError
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+@bp.before_request
+def require_admin_token():
+    """Refuse every /api request without the configured ADMIN_TOKEN."""
+    expected = current_app.config["ADMIN_TOKEN"]
+    if expected is None:
+        raise ApiError(403, "admin_token_not_configured",
+                       "The operator API is disabled: set the ADMIN_TOKEN environment variable "
+                       "and send it as 'Authorization: Bearer <ADMIN_TOKEN>'.")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <ADMIN_TOKEN>'.",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def _movement(kind, player_id):
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send the request as Content-Type: application/json.")
+    schemas.player_schema.load({"player_id": player_id})
+    body = schemas.movement_schema.load(schemas.parse_json(request.get_data()))
+    status, wallet_body = wallet.move_funds(
+        get_db(), kind, player_id, body["currency"], body["amount"], body["reference"]
+    )
+    return jsonify(wallet_body), status
+
+
+@bp.post("/players/<player_id>/deposits")
+def deposit(player_id):
+    """Credit a player's wallet once per reference (201; a repeat answers 200 the same)."""
+    return _movement("deposit", player_id)
+
+
+@bp.post("/players/<player_id>/withdrawals")
+def withdraw(player_id):
+    """Debit a player's wallet once per reference; 409 insufficient_funds above the balance."""
+    return _movement("withdrawal", player_id)
+
+
+@bp.get("/players/<player_id>/balances")
+def balances(player_id):
+    """List a player's wallets in every currency."""
+    return jsonify({"player_id": player_id, "balances": wallet.player_wallets(get_db(), player_id)})
+
+
+@bp.get("/players/<player_id>/balances/<currency>")
+def balance(player_id, currency):
+    """Show one wallet; 404 if the player has none in that currency."""
+    view = wallet.wallet_view(get_db(), player_id, currency)
+    if view is None:
+        raise ApiError(404, "not_found", f"Player {player_id!r} has no {currency} wallet.")
+    return jsonify(view)

@@ -1,0 +1,97 @@
+"""The provider's callback endpoint: authenticate, parse exactly, validate, settle, audit."""
+
+import hmac
+import ipaddress
+import json
+import time
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+import schemas
+import wallet
+from db import get_db
+from errors import ApiError
+
+bp = Blueprint("callbacks", __name__)
+
+
+def parse_networks(text):
+    """Parse CALLBACK_ALLOWED_IPS (addresses or CIDR ranges, comma-separated)."""
+    return [ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip()]
+
+
+def _authorise(token):
+    """Refuse (403/404) a caller outside CALLBACK_ALLOWED_IPS or without the right token."""
+    allowed = current_app.config["CALLBACK_NETWORKS"]
+    if allowed:
+        try:
+            client = ipaddress.ip_address(request.remote_addr or "")
+        except ValueError:
+            client = None
+        if client is None or not any(client in network for network in allowed):
+            raise ApiError(403, "forbidden", "This address may not send callbacks.")
+    expected = current_app.config["CALLBACK_TOKEN"]
+    if expected is None:
+        if token is not None:
+            raise ApiError(404, "not_found", "No CALLBACK_TOKEN is set: the callback URL is /callback.")
+        return
+    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(403, "forbidden", "Missing or wrong callback token in the callback URL.")
+
+
+@bp.post("/callback", defaults={"token": None})
+@bp.post("/callback/<token>")
+def callback(token):
+    """Answer one provider callback; every answered callback is kept in the audit table."""
+    g.started = time.perf_counter()
+    _authorise(token)
+    g.audit = {"received_at": wallet.now_ms(), "started": g.started}
+    g.audit["body"] = raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send the callback as Content-Type: application/json.")
+    payload = schemas.parse_json(raw)
+    if isinstance(payload, dict):
+        g.audit.update(_labels(payload))
+    cb = schemas.load_callback(payload)
+    result = wallet.apply_callback(get_db(), cb, g.audit)
+    g.audit["outcome"] = result.outcome
+    return jsonify(result.body), result.status
+
+
+def _labels(payload):
+    """Pick type, game id and player from a body for the audit and the log, whatever its shape."""
+    session = payload.get("session") if isinstance(payload.get("session"), dict) else {}
+    game = payload.get("game") if isinstance(payload.get("game"), dict) else {}
+    labels = {"type": payload.get("type"), "game_id": game.get("id"), "player_id": session.get("playerId")}
+    return {key: _label(value) for key, value in labels.items()}
+
+
+def _label(value):
+    if value is None:
+        return None
+    return (value if isinstance(value, str) else json.dumps(value, default=str))[:255]
+
+
+@bp.after_request
+def audit_and_log(response):
+    """Keep every refused callback in the audit (settled ones were kept with their movement)."""
+    audit = g.get("audit")
+    if audit is not None and "outcome" not in audit:
+        reason = (response.get_json(silent=True) or {}).get("message") or response.status
+        outcome = "invalid" if response.status_code < 500 else "error"
+        audit["outcome"] = outcome
+        result = wallet.Outcome(response.status_code, {}, outcome, reason)
+        wallet.record_callback(get_db(), audit, result, response.get_data(as_text=True))
+    started = g.get("started")
+    if started is not None:
+        audit = audit or {}
+        current_app.logger.info(
+            "callback type=%s game=%s player=%s outcome=%s status=%s ms=%.1f",
+            audit.get("type"),
+            audit.get("game_id"),
+            audit.get("player_id"),
+            audit.get("outcome", "unauthorised"),
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+    return response

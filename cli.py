@@ -1,0 +1,69 @@
+"""`flask --app app wallet ...`: the operator API's deposits, withdrawals and balances from a shell."""
+
+import json
+import uuid
+
+import click
+from flask.cli import AppGroup
+from marshmallow import ValidationError
+
+import schemas
+import wallet
+from db import get_db
+from errors import ApiError
+
+wallet_cli = AppGroup("wallet", help="Deposit, withdraw and read balances.")
+
+
+def _echo(data):
+    click.echo(json.dumps(data, indent=2))
+
+
+def _move(kind, player, currency, amount, reference):
+    try:
+        schemas.player_schema.load({"player_id": player})
+        body = schemas.movement_schema.load(
+            {"currency": currency, "amount": amount, "reference": reference or f"cli-{uuid.uuid4().hex}"}
+        )
+        status, view = wallet.move_funds(get_db(), kind, player, body["currency"], body["amount"], body["reference"])
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid input: {json.dumps(exc.messages)}") from None
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    if status == 200:
+        click.echo(f"reference {body['reference']!r} was already applied; nothing moved", err=True)
+    _echo(view)
+
+
+@wallet_cli.command("deposit")
+@click.argument("player")
+@click.argument("currency")
+@click.argument("amount")
+@click.option("--reference", help="Idempotency key; a repeat with the same one moves nothing.")
+def deposit(player, currency, amount, reference):
+    """Credit AMOUNT of CURRENCY to PLAYER's wallet."""
+    _move("deposit", player, currency, amount, reference)
+
+
+@wallet_cli.command("withdraw")
+@click.argument("player")
+@click.argument("currency")
+@click.argument("amount")
+@click.option("--reference", help="Idempotency key; a repeat with the same one moves nothing.")
+def withdraw(player, currency, amount, reference):
+    """Debit AMOUNT of CURRENCY from PLAYER's wallet (refused above the balance)."""
+    _move("withdrawal", player, currency, amount, reference)
+
+
+@wallet_cli.command("balance")
+@click.argument("player")
+@click.argument("currency", required=False)
+def balance(player, currency):
+    """Show PLAYER's wallet in CURRENCY, or in every currency."""
+    if currency is None:
+        _echo({"player_id": player, "balances": wallet.player_wallets(get_db(), player)})
+        return
+    view = wallet.wallet_view(get_db(), player, currency)
+    if view is None:
+        raise click.ClickException(f"player {player!r} has no {currency} wallet")
+    _echo(view)

@@ -1,0 +1,64 @@
+"""The one error path: every 4xx/5xx body is {"error": code, "message": text[, "fields"]}."""
+
+from flask import jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(Exception):
+    """A refusal with an HTTP status and a stable machine-readable code."""
+
+    def __init__(self, status, code, message, fields=None, headers=None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields
+        self.headers = headers or {}
+
+    @property
+    def body(self):
+        return error_body(self.code, self.message, self.fields)
+
+
+def error_body(code, message, fields=None):
+    """Build the error body every refusal uses."""
+    body = {"error": code, "message": message}
+    if fields is not None:
+        body["fields"] = fields
+    return body
+
+
+def error_response(status, code, message, fields=None):
+    """Return a JSON error response."""
+    response = jsonify(error_body(code, message, fields))
+    response.status_code = status
+    return response
+
+
+def _http_code(exc):
+    return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+
+
+def register(app):
+    """Answer every error with JSON, never an HTML page."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc):
+        response = error_response(exc.status, exc.code, exc.message, exc.fields)
+        response.headers.update(exc.headers)
+        return response
+
+    @app.errorhandler(ValidationError)
+    def handle_validation_error(exc):
+        return error_response(400, "validation_error", "The request body is invalid.", exc.messages)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc):
+        response = error_response(exc.code, _http_code(exc), exc.description)
+        for name, value in exc.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc):
+        app.logger.exception("unhandled error")
+        return error_response(500, "internal_error", "An unexpected error occurred.")

@@ -1,0 +1,386 @@
+"""Every balance rule: minor units, settlement of start/finish, deposits and withdrawals.
+
+Each movement runs in one `BEGIN IMMEDIATE` transaction that writes the balance change,
+its ledger row and (for callbacks) the audit row together, so a crash leaves all or none.
+"""
+
+import dataclasses
+import decimal
+import json
+import time
+
+from flask import current_app
+from marshmallow import ValidationError
+
+from db import transaction
+from errors import ApiError, error_body
+from schemas import MAX_DELAY_MS
+
+DEFAULT_DECIMALS = 8
+# Exact arithmetic: enough precision that multiplying two parsed amounts never rounds,
+# and half-to-even wherever we do round (to a currency's minor unit).
+EXACT = decimal.Context(
+    prec=decimal.MAX_PREC,
+    Emax=decimal.MAX_EMAX,
+    Emin=decimal.MIN_EMIN,
+    rounding=decimal.ROUND_HALF_EVEN,
+    traps=[decimal.InvalidOperation, decimal.Overflow, decimal.DivisionByZero],
+)
+
+
+def now_ms():
+    """Return the current time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def parse_currency_decimals(text):
+    """Parse `USD=2,EUR=2` into {"USD": 2, "EUR": 2}; raise ValueError on anything else."""
+    decimals = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        currency, sep, places = (piece.strip() for piece in item.partition("="))
+        if not sep or not currency or not places.isdigit() or int(places) > 18:
+            raise ValueError(f"CURRENCY_DECIMALS entry {item!r} is not CURRENCY=DECIMALS (0-18)")
+        decimals[currency] = int(places)
+    return decimals
+
+
+def currency_decimals(currency):
+    """Return how many decimals a currency has (CURRENCY_DECIMALS, otherwise 8)."""
+    return current_app.config["CURRENCY_DECIMALS"].get(currency, DEFAULT_DECIMALS)
+
+
+def check_currency_decimals(db):
+    """Refuse to start if CURRENCY_DECIMALS changed a currency the database already holds.
+
+    Balances are stored in minor units, so new decimals would silently rescale them.
+    """
+    for currency, stored in db.execute("SELECT currency, decimals FROM currencies").fetchall():
+        if currency_decimals(currency) != stored:
+            raise RuntimeError(
+                f"{currency} is stored with {stored} decimals but CURRENCY_DECIMALS now gives "
+                f"{currency_decimals(currency)}; set {currency}={stored} in CURRENCY_DECIMALS"
+            )
+
+
+def to_minor(amount, currency):
+    """Convert a decimal amount to integer minor units, rounding half-to-even."""
+    scaled = EXACT.scaleb(amount, currency_decimals(currency))
+    return int(scaled.to_integral_value(rounding=decimal.ROUND_HALF_EVEN, context=EXACT))
+
+
+def to_text(minor, currency):
+    """Format integer minor units as a decimal string with the currency's decimals."""
+    return str(decimal.Decimal(minor).scaleb(-currency_decimals(currency), context=EXACT))
+
+
+def win_credit(bet_minor, payout):
+    """Return what a win credits: the (already rounded) bet times the payout multiplier.
+
+    The provider's `payout` is a multiplier of the bet, as its reference integration
+    settles it: 2.5 pays 2.5 x bet (stake included), 1 returns the stake, 0 pays nothing.
+    """
+    product = EXACT.multiply(decimal.Decimal(bet_minor), payout)
+    return int(product.to_integral_value(rounding=decimal.ROUND_HALF_EVEN, context=EXACT))
+
+
+def show_in_ms(delay_ms, callback_ms, received_ms, now):
+    """Milliseconds the player's screen should still wait before showing a payout.
+
+    The animation lasts `delay_ms` from when the provider sent the finish; the time the
+    callback spent in transit is already gone. A callback time later than its receipt
+    (clock skew) counts as the receipt, and the wait never exceeds the delay itself.
+    (The provider page's example, max(now - callback.time, 0), ignores the delay.)
+    """
+    sent = min(callback_ms, received_ms)
+    return max(0, min(delay_ms, delay_ms - (now - sent)))
+
+
+def _minor_or_invalid(amount, currency, *path):
+    """Round an amount to minor units; one that rounds to 0 is invalid input."""
+    minor = to_minor(amount, currency)
+    if minor <= 0:
+        message = {path[-1]: [f"Rounds to 0 in {currency} ({currency_decimals(currency)} decimals)."]}
+        for field in reversed(path[:-1]):
+            message = {field: message}
+        raise ValidationError(message)
+    return minor
+
+
+def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None):
+    """Change a balance and write its ledger row; the only place a balance changes.
+
+    Returns False (and changes nothing) when the wallet would go negative.
+    """
+    row = db.execute(
+        "UPDATE wallets SET balance = balance + ?, updated_at = ? "
+        "WHERE id = ? AND balance + ? >= 0 RETURNING balance",
+        [amount, now, wallet_id, amount],
+    ).fetchone()
+    if row is None:
+        return False
+    db.execute(
+        "INSERT INTO ledger (wallet_id, amount, balance_after, kind, game_id, reference, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [wallet_id, amount, row[0], kind, game_id, reference, now],
+    )
+    return True
+
+
+def _wallet_row(db, player_id, currency):
+    return db.execute(
+        "SELECT id, balance FROM wallets WHERE player_id = ? AND currency = ?", [player_id, currency]
+    ).fetchone()
+
+
+# --- callbacks ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a callback came to: the answer to send and the reason kept in the audit."""
+
+    status: int
+    body: dict
+    outcome: str  # accepted | declined | duplicate | conflict | invalid | ignored
+    reason: str
+
+
+def _conflict(reason):
+    return Outcome(409, error_body("conflict", reason), "conflict", reason)
+
+
+def apply_callback(db, callback, audit):
+    """Settle one validated callback and write its audit row, all in one transaction."""
+    kind = callback["type"]
+    if kind in ("start", "finish"):
+        bet = _minor_or_invalid(callback["game"]["bet"], callback["session"]["currency"], "game", "bet")
+    with transaction(db):
+        if kind == "start":
+            result = _start(db, callback, bet, audit["received_at"])
+        elif kind == "finish":
+            result = _finish(db, callback, bet, audit["received_at"])
+        else:
+            result = Outcome(200, {}, "ignored", f"callback type {kind!r} is not handled; kept for review")
+        _insert_audit(db, audit, result)
+    return result
+
+
+def _start(db, cb, bet, now):
+    """Debit the bet if the wallet holds it; a repeat of an accepted start changes nothing."""
+    game_id, session = cb["game"]["id"], cb["session"]
+    player_id, currency = session["player_id"], session["currency"]
+    game = db.execute(
+        "SELECT status, player_id, currency, bet FROM games WHERE game_id = ?", [game_id]
+    ).fetchone()
+    if game is not None and game[0] != "declined":
+        status = game[0]
+        if tuple(game[1:]) != (player_id, currency, bet):
+            return _conflict(
+                f"game {game_id} was started by {game[1]} for {to_text(game[3], game[2])} {game[2]}; "
+                f"this start says {player_id} for {to_text(bet, currency)} {currency}"
+            )
+        if status == "refunded":
+            return Outcome(200, {"result": False}, "duplicate", f"game {game_id} was refunded")
+        return Outcome(200, {"result": True}, "duplicate", f"bet of game {game_id} already accepted ({status})")
+
+    wallet = _wallet_row(db, player_id, currency)
+    accepted = wallet is not None and _move(db, wallet[0], -bet, "bet", now, game_id=game_id)
+    data = cb.get("data", {})
+    db.execute(
+        "INSERT INTO games (game_id, status, player_id, currency, wallet_id, bet, session_id, "
+        "game_name, round, all_bet_amount, round_data, start_time, started_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (game_id) DO UPDATE SET status = excluded.status, "
+        "player_id = excluded.player_id, currency = excluded.currency, "
+        "wallet_id = excluded.wallet_id, bet = excluded.bet, session_id = excluded.session_id, "
+        "game_name = excluded.game_name, round = excluded.round, "
+        "all_bet_amount = excluded.all_bet_amount, round_data = excluded.round_data, "
+        "start_time = excluded.start_time, started_at = excluded.started_at",
+        [
+            game_id,
+            "open" if accepted else "declined",
+            player_id,
+            currency,
+            wallet[0] if wallet else None,
+            bet,
+            session["id"],
+            session["game_name"],
+            cb["game"].get("round"),
+            _text(data.get("all_bet_amount")),
+            json.dumps(cb["round_data"], default=str) if "round_data" in cb else None,
+            cb["time"] if cb["time"] is not None else now,
+            now,
+        ],
+    )
+    if accepted:
+        return Outcome(200, {"result": True}, "accepted", f"debited {to_text(bet, currency)} {currency}")
+    why = "no such wallet" if wallet is None else f"balance {to_text(wallet[1], currency)} {currency} is below the bet"
+    return Outcome(200, {"result": False}, "declined", why)
+
+
+def _finish(db, cb, bet, now):
+    """Credit bet x payout on a win (nothing on a lose) once; a repeat changes nothing."""
+    game_id, session, result = cb["game"]["id"], cb["session"], cb["game"]
+    player_id, currency = session["player_id"], session["currency"]
+    game = db.execute(
+        "SELECT status, player_id, currency, bet, wallet_id, payout FROM games WHERE game_id = ?",
+        [game_id],
+    ).fetchone()
+    if game is None or game[0] == "declined":
+        return _conflict(f"game {game_id} has no accepted start")
+    status, wallet_id, stored_payout = game[0], game[4], game[5]
+    if tuple(game[1:4]) != (player_id, currency, bet):
+        return _conflict(
+            f"game {game_id} was started by {game[1]} for {to_text(game[3], game[2])} {game[2]}; "
+            f"this finish says {player_id} for {to_text(bet, currency)} {currency}"
+        )
+    if status == "refunded":
+        return _conflict(f"game {game_id} was refunded; its finish cannot be settled")
+    new_status = "won" if result["status"] == "win" else "lost"
+    payout = result["payout"]
+    if status != "open":
+        if status != new_status or decimal.Decimal(stored_payout) != payout:
+            return _conflict(
+                f"game {game_id} was settled as {status} with payout {stored_payout}; "
+                f"this finish says {new_status} with payout {payout}"
+            )
+        return Outcome(200, {}, "duplicate", f"game {game_id} already settled ({status})")
+
+    credit = win_credit(bet, payout) if new_status == "won" else 0
+    _move(db, wallet_id, credit, "payout", now, game_id=game_id)
+    db.execute(
+        "UPDATE games SET status = ?, payout = ?, profit = ?, credit = ?, "
+        "balance_update_delay = ?, finish_time = ?, settled_at = ? WHERE game_id = ?",
+        [
+            new_status,
+            _text(payout),
+            _text(result.get("profit")),
+            credit,
+            cb.get("data", {}).get("balance_update_delay", 0),
+            cb["time"] if cb["time"] is not None else now,
+            now,
+            game_id,
+        ],
+    )
+    return Outcome(200, {}, "accepted", f"{new_status}: credited {to_text(credit, currency)} {currency}")
+
+
+def _text(number):
+    return None if number is None else str(number)
+
+
+def _insert_audit(db, audit, result, response_text=None):
+    db.execute(
+        "INSERT INTO callbacks (received_at, type, game_id, player_id, outcome, reason, "
+        "status_code, response, body, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            audit["received_at"],
+            audit.get("type"),
+            audit.get("game_id"),
+            audit.get("player_id"),
+            result.outcome,
+            result.reason,
+            result.status,
+            response_text if response_text is not None else json.dumps(result.body),
+            audit.get("body"),
+            (time.perf_counter() - audit["started"]) * 1000,
+        ],
+    )
+
+
+def record_callback(db, audit, result, response_text):
+    """Keep a callback that never reached settlement (invalid input) in the audit table."""
+    with transaction(db):
+        _insert_audit(db, audit, result, response_text)
+
+
+# --- the operator's deposits, withdrawals and balances ----------------------------------
+
+
+def move_funds(db, kind, player_id, currency, amount, reference):
+    """Deposit or withdraw once per reference; return (HTTP status, wallet body).
+
+    A repeat of the same reference with the same request answers the first answer again
+    (200) and moves nothing; with another request it is a 409. A withdrawal above the
+    balance is refused with 409 and leaves the reference unused.
+    """
+    minor = _minor_or_invalid(amount, currency, "amount")
+    now = now_ms()
+    with transaction(db):
+        previous = db.execute(
+            "SELECT kind, player_id, currency, amount, response FROM operations WHERE reference = ?",
+            [reference],
+        ).fetchone()
+        if previous is not None:
+            if tuple(previous[:4]) != (kind, player_id, currency, minor):
+                raise ApiError(
+                    409,
+                    "reference_conflict",
+                    f"reference {reference!r} was already used for a {previous[0]} of "
+                    f"{to_text(previous[3], previous[2])} {previous[2]} for player {previous[1]}",
+                )
+            return 200, json.loads(previous[4])
+        if kind == "deposit":
+            db.execute(
+                "INSERT INTO currencies (currency, decimals) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [currency, currency_decimals(currency)],
+            )
+            db.execute(
+                "INSERT INTO wallets (player_id, currency, balance, updated_at) VALUES (?, ?, 0, ?) "
+                "ON CONFLICT (player_id, currency) DO NOTHING",
+                [player_id, currency, now],
+            )
+        wallet = _wallet_row(db, player_id, currency)
+        signed = minor if kind == "deposit" else -minor
+        if wallet is None or not _move(db, wallet[0], signed, kind, now, reference=reference):
+            balance = to_text(wallet[1] if wallet else 0, currency)
+            raise ApiError(
+                409,
+                "insufficient_funds",
+                f"cannot withdraw {to_text(minor, currency)} {currency}: the balance is {balance}",
+            )
+        body = wallet_view(db, player_id, currency, now)
+        db.execute(
+            "INSERT INTO operations (reference, kind, player_id, currency, amount, response, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [reference, kind, player_id, currency, minor, json.dumps(body), now],
+        )
+    return 201, body
+
+
+def wallet_view(db, player_id, currency, now=None):
+    """Return a wallet as the API shows it, or None if the player has none in that currency.
+
+    `display_balance` leaves out the payouts whose animation is still running, so the
+    operator's frontend can show each win when the game shows it.
+    """
+    now = now_ms() if now is None else now
+    wallet = _wallet_row(db, player_id, currency)
+    if wallet is None:
+        return None
+    rows = db.execute(
+        "SELECT game_id, credit, balance_update_delay, finish_time, settled_at FROM games "
+        "WHERE wallet_id = ? AND settled_at >= ? AND credit > 0 ORDER BY settled_at, game_id",
+        [wallet[0], now - MAX_DELAY_MS],
+    ).fetchall()
+    waits = [(game_id, credit, show_in_ms(delay, sent, received, now)) for game_id, credit, delay, sent, received in rows]
+    pending = [(game_id, credit, wait) for game_id, credit, wait in waits if wait > 0]
+    return {
+        "player_id": player_id,
+        "currency": currency,
+        "balance": to_text(wallet[1], currency),
+        "display_balance": to_text(wallet[1] - sum(credit for _, credit, _ in pending), currency),
+        "pending": [
+            {"game_id": game_id, "amount": to_text(credit, currency), "show_in_ms": wait}
+            for game_id, credit, wait in pending
+        ],
+    }
+
+
+def player_wallets(db, player_id):
+    """Return every wallet of a player, by currency (an empty list for an unknown player)."""
+    now = now_ms()
+    currencies = db.execute(
+        "SELECT currency FROM wallets WHERE player_id = ? ORDER BY currency", [player_id]
+    ).fetchall()
+    return [wallet_view(db, player_id, currency, now) for (currency,) in currencies]
