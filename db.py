@@ -8,6 +8,7 @@ import threading
 import click
 import sqlite_utils
 from flask import current_app
+from flask.cli import with_appcontext
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 10_000
@@ -177,6 +178,7 @@ def close_all(app):
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command():
     """Create the database schema if it is missing."""
     path = current_app.config["DATABASE_PATH"]

@@ -104,16 +104,18 @@ class Wallet:
         kwargs.setdefault("content_type", "application/json")
         return self.client.post(f"/callback/{token}", data=raw, **kwargs)
 
-    def start(self, game_id="g-1", bet=1, player="player-42", currency="USD", **changes):
+    def start(self, game_id="g-1", bet=1, player="player-42", currency="USD", request=None, **changes):
+        """Send a start; `changes` edit the body by dotted path, `request` goes to the client."""
         return self.callback(body(START, **{
             "game.id": game_id, "game.bet": bet, "session.playerId": player,
-            "session.currency": currency, **changes}))
+            "session.currency": currency, **changes}), **(request or {}))
 
     def finish(self, game_id="g-1", status="win", payout=2.5, bet=1, player="player-42",
-               currency="USD", **changes):
+               currency="USD", request=None, **changes):
+        """Send a finish; `changes` edit the body by dotted path, `request` goes to the client."""
         return self.callback(body(FINISH, **{
             "game.id": game_id, "game.status": status, "game.payout": payout, "game.bet": bet,
-            "session.playerId": player, "session.currency": currency, **changes}))
+            "session.playerId": player, "session.currency": currency, **changes}), **(request or {}))
 
     def deposit(self, amount, player="player-42", currency="USD", reference=None):
         reference = reference or f"dep-{next(_references)}"

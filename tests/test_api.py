@@ -1,0 +1,139 @@
+"""The operator API: deposits and withdrawals once per reference, balances with pending wins."""
+
+import time
+
+import pytest
+
+import wallet as wallet_rules
+
+
+def test_deposit_creates_the_wallet_and_answers_201(wallet):
+    response = wallet.deposit("12.5", reference="dep-1")
+    assert response.status_code == 201
+    assert response.json == {
+        "player_id": "player-42", "currency": "USD", "balance": "12.50",
+        "display_balance": "12.50", "pending": [],
+    }
+
+
+def test_same_reference_and_body_again_answers_the_first_answer_and_moves_nothing(wallet):
+    first = wallet.deposit("5.00", reference="dep-1")
+    wallet.deposit("1.00", reference="dep-2")
+    again = wallet.deposit("5", reference="dep-1")  # the same amount, written differently
+    assert again.status_code == 200 and again.json == first.json
+    assert wallet.balance() == "6.00"
+    assert len(wallet.books()["ledger"]) == 2
+
+
+@pytest.mark.parametrize("change", [
+    {"amount": "6.00"}, {"currency": "EUR"}, {"player": "player-7"},
+])
+def test_same_reference_with_another_body_is_a_conflict(wallet, change):
+    wallet.deposit("5.00", reference="dep-1")
+    before = wallet.books()
+    response = wallet.deposit(**{"amount": "5.00", "reference": "dep-1", **change})
+    assert response.status_code == 409 and response.json["error"] == "reference_conflict"
+    assert wallet.books() == before
+
+
+def test_a_reference_is_unique_across_deposits_and_withdrawals(wallet):
+    wallet.deposit("5.00", reference="ref-1")
+    response = wallet.withdraw("5.00", reference="ref-1")
+    assert response.status_code == 409 and response.json["error"] == "reference_conflict"
+    assert wallet.balance() == "5.00"
+
+
+def test_withdrawal_debits_once_per_reference(wallet):
+    wallet.deposit("10.00")
+    first = wallet.withdraw("3.50", reference="wd-1")
+    assert first.status_code == 201 and first.json["balance"] == "6.50"
+    again = wallet.withdraw("3.50", reference="wd-1")
+    assert again.status_code == 200 and again.json == first.json
+    assert wallet.balance() == "6.50"
+
+
+def test_withdrawal_above_the_balance_is_refused_and_keeps_its_reference_free(wallet):
+    wallet.deposit("10.00")
+    before = wallet.books()
+    refused = wallet.withdraw("10.01", reference="wd-1")
+    assert refused.status_code == 409 and refused.json["error"] == "insufficient_funds"
+    assert wallet.books() == before
+    assert wallet.withdraw("10.00", reference="wd-1").status_code == 201
+    assert wallet.balance() == "0.00"
+
+
+def test_withdrawal_from_an_unknown_wallet_is_insufficient_funds(wallet):
+    response = wallet.withdraw("1", player="nobody")
+    assert response.status_code == 409 and response.json["error"] == "insufficient_funds"
+    assert wallet.books()["wallets"] == {}
+
+
+def test_amounts_round_half_to_even_to_the_currency(wallet):
+    assert wallet.deposit("0.125").json["balance"] == "0.12"
+    assert wallet.deposit(0.135).json["balance"] == "0.26"  # 0.135 is exactly 0.135 here: to 0.14
+
+
+def test_balances_lists_every_currency(wallet):
+    wallet.deposit("1.00", currency="USD")
+    wallet.deposit("0.5", currency="BTC")
+    response = wallet.client.get("/api/players/player-42/balances", headers=wallet.admin)
+    assert response.json["player_id"] == "player-42"
+    assert [(w["currency"], w["balance"]) for w in response.json["balances"]] == [
+        ("BTC", "0.50000000"), ("USD", "1.00")]
+
+
+def test_unknown_player_has_no_balances_and_unknown_wallet_is_404(wallet):
+    response = wallet.client.get("/api/players/nobody/balances", headers=wallet.admin)
+    assert response.json == {"player_id": "nobody", "balances": []}
+    response = wallet.client.get("/api/players/nobody/balances/USD", headers=wallet.admin)
+    assert response.status_code == 404 and response.json["error"] == "not_found"
+
+
+def test_a_win_is_credited_at_once_but_displayed_after_its_animation(wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    sent = wallet_rules.now_ms()
+    wallet.finish(payout=2.5, **{"time": sent, "data.balanceUpdateDelay": 3500})
+    view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
+    assert view["balance"] == "11.50"
+    assert view["display_balance"] == "9.00"
+    [pending] = view["pending"]
+    assert pending["game_id"] == "g-1" and pending["amount"] == "2.50"
+    assert 0 < pending["show_in_ms"] <= 3500
+
+
+def test_a_win_whose_animation_is_over_is_not_pending(wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    wallet.finish(payout=2, **{"time": wallet_rules.now_ms() - 5000, "data.balanceUpdateDelay": 3500})
+    wallet.start(game_id="g-2", bet=1)
+    wallet.finish(game_id="g-2", payout=2, **{"data.balanceUpdateDelay": 0})
+    view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
+    assert view["pending"] == [] and view["display_balance"] == view["balance"] == "12.00"
+
+
+def test_a_pending_win_leaves_pending_once_its_delay_runs_out(wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    wallet.finish(payout=2, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 200})
+    assert wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json["pending"]
+    time.sleep(0.25)
+    view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
+    assert view["pending"] == [] and view["display_balance"] == view["balance"] == "11.00"
+
+
+@pytest.mark.parametrize(
+    "delay, callback_ms, received_ms, now, expected",
+    [
+        (3500, 1_000, 1_200, 1_200, 3300),  # 200 ms in transit are already gone
+        (3500, 1_000, 1_200, 4_000, 500),
+        (3500, 1_000, 1_200, 4_500, 0),  # over
+        (3500, 1_000, 1_200, 9_000, 0),
+        (0, 1_000, 1_000, 1_000, 0),  # no delay: show at once
+        (3500, 5_000, 1_200, 1_200, 3500),  # provider clock ahead: counts from receipt
+        (3500, 1_000, 1_200, 500, 3500),  # never more than the delay itself
+        (1000, 1663249721934, 1663249721934 + 40, 1663249721934 + 40, 960),
+    ],
+)
+def test_show_in_ms(delay, callback_ms, received_ms, now, expected):
+    assert wallet_rules.show_in_ms(delay, callback_ms, received_ms, now) == expected

@@ -1,0 +1,102 @@
+"""Who may call: the callback token in the URL, the IP allow-list, the operator's bearer token."""
+
+import pytest
+
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, START, Wallet, audit, body
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["wrong", CALLBACK_TOKEN[:-1], CALLBACK_TOKEN.upper(), CALLBACK_TOKEN + "x", "é" * 8],
+    ids=["wrong", "truncated", "case-changed", "longer", "non-ascii"],
+)
+def test_wrong_callback_token_is_refused_and_moves_nothing(wallet, token):
+    wallet.deposit("10.00")
+    before = wallet.books()
+    response = wallet.start(request={"token": token})
+    assert response.status_code == 403 and response.json["error"] == "forbidden"
+    assert wallet.books() == before
+    assert audit(wallet.app.config["DATABASE_PATH"]) == []  # unauthorised calls are not kept
+
+
+def test_missing_callback_token_is_refused(wallet):
+    wallet.deposit("10.00")
+    response = wallet.client.post("/callback", json=body(START))
+    assert response.status_code == 403
+    assert wallet.balance() == "10.00"
+
+
+def test_without_callback_token_the_endpoint_is_plain_callback_and_a_warning_is_logged(make_app, caplog):
+    with caplog.at_level("WARNING"):
+        app = make_app(CALLBACK_TOKEN=None)
+    assert any("CALLBACK_TOKEN" in record.getMessage() for record in caplog.records)
+    wallet = Wallet(app.test_client(), app)
+    wallet.deposit("10.00")
+    assert wallet.client.post("/callback", json=body(START)).json == {"result": True}
+    assert wallet.client.post("/callback/anything", json=body(START)).status_code == 404
+    assert wallet.balance() == "9.00"
+
+
+def test_no_warning_when_the_token_is_set(make_app, caplog):
+    with caplog.at_level("WARNING"):
+        make_app()
+    assert not any("CALLBACK_TOKEN" in record.getMessage() for record in caplog.records)
+
+
+def allowed_wallet(make_app, **config):
+    app = make_app(CALLBACK_ALLOWED_IPS="203.0.113.0/24, 2001:db8::1", **config)
+    wallet = Wallet(app.test_client(), app)
+    wallet.deposit("10.00")
+    return wallet
+
+
+@pytest.mark.parametrize("address, allowed", [
+    ("203.0.113.7", True), ("2001:db8::1", True), ("198.51.100.1", False), ("127.0.0.1", False),
+])
+def test_allowed_ips_refuse_other_clients(make_app, address, allowed):
+    wallet = allowed_wallet(make_app)
+    response = wallet.start(request={"environ_base": {"REMOTE_ADDR": address}})
+    assert response.status_code == (200 if allowed else 403)
+    assert wallet.balance() == ("9.00" if allowed else "10.00")
+
+
+def test_forwarded_for_is_ignored_when_no_proxy_is_trusted(make_app):
+    wallet = allowed_wallet(make_app)
+    response = wallet.start(request={"environ_base": {"REMOTE_ADDR": "198.51.100.1"},
+                                     "headers": {"X-Forwarded-For": "203.0.113.7"}})
+    assert response.status_code == 403
+    assert wallet.balance() == "10.00"
+
+
+def test_forwarded_for_is_believed_as_far_as_trusted_proxies(make_app):
+    wallet = allowed_wallet(make_app, TRUSTED_PROXIES="1")
+    proxy = {"REMOTE_ADDR": "10.0.0.2"}
+    # The one trusted proxy appended the real client: allowed.
+    allowed = {"environ_base": proxy, "headers": {"X-Forwarded-For": "203.0.113.7"}}
+    assert wallet.start(game_id="a", request=allowed).status_code == 200
+    # A client spoofing an allowed address in front of its own: the proxy's entry wins.
+    spoofed = wallet.start(game_id="b", request={
+        "environ_base": proxy, "headers": {"X-Forwarded-For": "203.0.113.7, 198.51.100.1"}})
+    assert spoofed.status_code == 403
+    assert wallet.balance() == "9.00"
+
+
+def test_operator_api_is_disabled_without_admin_token(make_app):
+    app = make_app(ADMIN_TOKEN=None)
+    response = app.test_client().get("/api/players/p/balances", headers={"Authorization": "Bearer x"})
+    assert response.status_code == 403 and "ADMIN_TOKEN" in response.json["message"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", f"Bearer {ADMIN_TOKEN[:-1]}", f"Bearer {ADMIN_TOKEN.upper()}", f"Basic {ADMIN_TOKEN}",
+     ADMIN_TOKEN, "Bearer ", f"Bearer {ADMIN_TOKEN}x"],
+    ids=["missing", "empty", "truncated", "case-changed", "basic", "no scheme", "blank", "longer"],
+)
+def test_wrong_admin_token_is_refused_and_moves_nothing(wallet, header):
+    headers = {} if header is None else {"Authorization": header}
+    response = wallet.client.post("/api/players/p/deposits", headers=headers,
+                                  json={"currency": "USD", "amount": "5", "reference": "r"})
+    assert response.status_code == 401 and response.json["error"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert wallet.books()["wallets"] == {}

@@ -1,0 +1,45 @@
+"""The Flask CLI: the same deposits, withdrawals and balances as the API."""
+
+import json
+
+
+def test_init_db_creates_the_schema(runner, app):
+    result = runner.invoke(args=["init-db"])
+    assert result.exit_code == 0 and app.config["DATABASE_PATH"] in result.output
+
+
+def test_deposit_withdraw_and_balance(runner, wallet):
+    result = runner.invoke(args=["wallet", "deposit", "player-42", "USD", "10.005", "--reference", "cli-1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["balance"] == "10.00"  # half-to-even
+    result = runner.invoke(args=["wallet", "withdraw", "player-42", "USD", "2.5"])
+    assert result.exit_code == 0 and json.loads(result.output)["balance"] == "7.50"
+    result = runner.invoke(args=["wallet", "balance", "player-42", "USD"])
+    assert json.loads(result.output)["balance"] == wallet.balance() == "7.50"
+    result = runner.invoke(args=["wallet", "balance", "player-42"])
+    assert [w["currency"] for w in json.loads(result.output)["balances"]] == ["USD"]
+
+
+def test_repeated_reference_moves_nothing(runner, wallet):
+    args = ["wallet", "deposit", "player-42", "USD", "3", "--reference", "cli-1"]
+    assert runner.invoke(args=args).exit_code == 0
+    again = runner.invoke(args=args)
+    assert again.exit_code == 0 and "already applied" in again.stderr
+    assert wallet.balance() == "3.00"
+    conflict = runner.invoke(args=["wallet", "deposit", "player-42", "USD", "4", "--reference", "cli-1"])
+    assert conflict.exit_code == 1 and "reference_conflict" in conflict.output
+
+
+def test_refusals_exit_non_zero_and_move_nothing(runner, wallet):
+    wallet.deposit("1.00")
+    before = wallet.books()
+    for args in (
+        ["wallet", "withdraw", "player-42", "USD", "5"],
+        ["wallet", "deposit", "player-42", "USD", "ten"],
+        ["wallet", "deposit", "player-42", "USD", "--", "-1"],
+        ["wallet", "deposit", "player-42", "USD", "NaN"],
+        ["wallet", "balance", "player-42", "EUR"],
+    ):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 1 and "Error:" in result.output, (args, result.output)
+    assert wallet.books() == before
