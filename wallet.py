@@ -12,7 +12,7 @@ import time
 from flask import current_app
 from marshmallow import ValidationError
 
-from db import transaction
+from db import get_db, transaction
 from errors import ApiError, error_body
 from schemas import MAX_DELAY_MS
 
@@ -45,20 +45,25 @@ def parse_currency_decimals(text):
 
 
 def currency_decimals(currency):
-    """Return how many decimals a currency has (CURRENCY_DECIMALS, otherwise 8)."""
+    """Return a currency's decimals: as fixed in the database at its first deposit, else
+    CURRENCY_DECIMALS, else 8. Balances are stored in minor units, so once a currency holds
+    money its decimals never change (a CLI run without the server's environment included).
+    """
+    row = get_db().execute("SELECT decimals FROM currencies WHERE currency = ?", [currency]).fetchone()
+    if row is not None:
+        return row[0]
     return current_app.config["CURRENCY_DECIMALS"].get(currency, DEFAULT_DECIMALS)
 
 
 def check_currency_decimals(db):
-    """Refuse to start if CURRENCY_DECIMALS changed a currency the database already holds.
-
-    Balances are stored in minor units, so new decimals would silently rescale them.
-    """
+    """Refuse to start if CURRENCY_DECIMALS contradicts a currency the database already holds."""
+    configured = current_app.config["CURRENCY_DECIMALS"]
     for currency, stored in db.execute("SELECT currency, decimals FROM currencies").fetchall():
-        if currency_decimals(currency) != stored:
+        if configured.get(currency, stored) != stored:
             raise RuntimeError(
-                f"{currency} is stored with {stored} decimals but CURRENCY_DECIMALS now gives "
-                f"{currency_decimals(currency)}; set {currency}={stored} in CURRENCY_DECIMALS"
+                f"CURRENCY_DECIMALS gives {currency}={configured[currency]}, but {currency} is "
+                f"stored with {stored} decimals and balances are kept in minor units; "
+                f"set {currency}={stored}"
             )
 
 
@@ -152,9 +157,9 @@ def _conflict(reason):
 def apply_callback(db, callback, audit):
     """Settle one validated callback and write its audit row, all in one transaction."""
     kind = callback["type"]
-    if kind in ("start", "finish"):
-        bet = _minor_or_invalid(callback["game"]["bet"], callback["session"]["currency"], "game", "bet")
     with transaction(db):
+        if kind in ("start", "finish"):
+            bet = _minor_or_invalid(callback["game"]["bet"], callback["session"]["currency"], "game", "bet")
         if kind == "start":
             result = _start(db, callback, bet, audit["received_at"])
         elif kind == "finish":
@@ -304,9 +309,14 @@ def move_funds(db, kind, player_id, currency, amount, reference):
     (200) and moves nothing; with another request it is a 409. A withdrawal above the
     balance is refused with 409 and leaves the reference unused.
     """
-    minor = _minor_or_invalid(amount, currency, "amount")
     now = now_ms()
     with transaction(db):
+        if kind == "deposit":
+            db.execute(
+                "INSERT INTO currencies (currency, decimals) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [currency, currency_decimals(currency)],
+            )
+        minor = _minor_or_invalid(amount, currency, "amount")
         previous = db.execute(
             "SELECT kind, player_id, currency, amount, response FROM operations WHERE reference = ?",
             [reference],
@@ -321,10 +331,6 @@ def move_funds(db, kind, player_id, currency, amount, reference):
                 )
             return 200, json.loads(previous[4])
         if kind == "deposit":
-            db.execute(
-                "INSERT INTO currencies (currency, decimals) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                [currency, currency_decimals(currency)],
-            )
             db.execute(
                 "INSERT INTO wallets (player_id, currency, balance, updated_at) VALUES (?, ?, 0, ?) "
                 "ON CONFLICT (player_id, currency) DO NOTHING",

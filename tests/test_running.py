@@ -61,3 +61,12 @@ def test_changing_a_currencys_decimals_after_use_refuses_to_start(make_app, wall
     with pytest.raises(RuntimeError, match="USD is stored with 2 decimals"):
         make_app(CURRENCY_DECIMALS="USD=8")
     assert wallet.balance() == "10.00"
+
+
+def test_a_currency_keeps_its_decimals_when_the_setting_is_absent(make_app, wallet):
+    wallet.deposit("10.00")
+    # e.g. the CLI run without the server's environment: USD stays 2 decimals, not 8
+    other = make_app(CURRENCY_DECIMALS="")
+    result = other.test_cli_runner().invoke(args=["wallet", "deposit", "player-42", "USD", "0.015"])
+    assert result.exit_code == 0, result.output
+    assert wallet.balance() == "10.02"
