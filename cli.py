@@ -35,24 +35,22 @@ def _move(kind, player, currency, amount, reference):
     _echo(view)
 
 
-@wallet_cli.command("deposit")
-@click.argument("player")
-@click.argument("currency")
-@click.argument("amount")
-@click.option("--reference", help="Idempotency key; a repeat with the same one moves nothing.")
-def deposit(player, currency, amount, reference):
-    """Credit AMOUNT of CURRENCY to PLAYER's wallet."""
-    _move("deposit", player, currency, amount, reference)
+def _movement_command(name, kind, help_text):
+    @wallet_cli.command(name, help=help_text)
+    @click.argument("player")
+    @click.argument("currency")
+    @click.argument("amount")
+    @click.option("--reference", help="Idempotency key; a repeat with the same one moves nothing.")
+    def command(player, currency, amount, reference):
+        _move(kind, player, currency, amount, reference)
+
+    return command
 
 
-@wallet_cli.command("withdraw")
-@click.argument("player")
-@click.argument("currency")
-@click.argument("amount")
-@click.option("--reference", help="Idempotency key; a repeat with the same one moves nothing.")
-def withdraw(player, currency, amount, reference):
-    """Debit AMOUNT of CURRENCY from PLAYER's wallet (refused above the balance)."""
-    _move("withdrawal", player, currency, amount, reference)
+deposit = _movement_command("deposit", "deposit", "Credit AMOUNT of CURRENCY to PLAYER's wallet.")
+withdraw = _movement_command(
+    "withdraw", "withdrawal", "Debit AMOUNT of CURRENCY from PLAYER's wallet (refused above the balance)."
+)
 
 
 @wallet_cli.command("balance")
