@@ -75,7 +75,7 @@ def to_minor(amount, currency):
 
 def to_text(minor, currency):
     """Format integer minor units as a decimal string with the currency's decimals."""
-    return str(decimal.Decimal(minor).scaleb(-currency_decimals(currency), context=EXACT))
+    return format(decimal.Decimal(minor).scaleb(-currency_decimals(currency), context=EXACT), "f")
 
 
 def win_credit(bet_minor, payout):

@@ -137,3 +137,13 @@ def test_a_pending_win_leaves_pending_once_its_delay_runs_out(wallet):
 )
 def test_show_in_ms(delay, callback_ms, received_ms, now, expected):
     assert wallet_rules.show_in_ms(delay, callback_ms, received_ms, now) == expected
+
+
+@pytest.mark.parametrize("amount, currency, expected", [
+    ("0.00000002", "BTC", "0.00000002"),  # never scientific notation
+    ("0.000001", "BTC", "0.00000100"),
+    ("7", "USD", "7.00"),
+    ("999999999999.99", "USD", "999999999999.99"),
+])
+def test_amounts_are_plain_decimal_strings_with_the_currency_decimals(wallet, amount, currency, expected):
+    assert wallet.deposit(amount, currency=currency).json["balance"] == expected
