@@ -4,6 +4,7 @@ import hmac
 
 from flask import Blueprint, current_app, jsonify, request
 
+import books
 import schemas
 import wallet
 from db import get_db
@@ -62,3 +63,43 @@ def balance(player_id, currency):
     if view is None:
         raise ApiError(404, "not_found", f"Player {player_id!r} has no {currency} wallet.")
     return jsonify(view)
+
+
+@bp.post("/games/<game_id>/refund")
+def refund(game_id):
+    """Return an open bet's stake to its wallet (a repeat answers the same, moving nothing)."""
+    status, body = wallet.refund_game(get_db(), game_id)
+    return jsonify(body), status
+
+
+@bp.get("/games")
+def games():
+    """List games, newest start first."""
+    return jsonify(books.list_games(get_db(), **schemas.games_query.load(request.args)))
+
+
+@bp.get("/games/<game_id>")
+def game(game_id):
+    """Show one game with its ledger rows and the callbacks received for it."""
+    detail = books.game_detail(get_db(), game_id)
+    if detail is None:
+        raise ApiError(404, "not_found", f"No game has id {game_id!r}.")
+    return jsonify(detail)
+
+
+@bp.get("/players/<player_id>/ledger")
+def ledger(player_id):
+    """List a player's ledger rows, newest first."""
+    return jsonify(books.list_ledger(get_db(), player_id, **schemas.ledger_query.load(request.args)))
+
+
+@bp.get("/callbacks")
+def callbacks():
+    """List the callbacks received (the audit log), newest first."""
+    return jsonify(books.list_callbacks(get_db(), **schemas.callbacks_query.load(request.args)))
+
+
+@bp.get("/reconcile")
+def reconcile():
+    """Check that the books balance."""
+    return jsonify(books.reconcile(get_db()))

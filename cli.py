@@ -1,15 +1,19 @@
 """`flask --app app wallet ...`: the operator API's deposits, withdrawals and balances from a shell."""
 
+import decimal
 import json
+import os
 import uuid
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
+import books
+import db
 import schemas
 import wallet
-from db import get_db
 from errors import ApiError
 
 wallet_cli = AppGroup("wallet", help="Deposit, withdraw and read balances.")
@@ -20,16 +24,14 @@ def _echo(data):
 
 
 def _move(kind, player, currency, amount, reference):
-    try:
+    def move():
         schemas.player_schema.load({"player_id": player})
         body = schemas.movement_schema.load(
             {"currency": currency, "amount": amount, "reference": reference or f"cli-{uuid.uuid4().hex}"}
         )
-        status, view = wallet.move_funds(get_db(), kind, player, body["currency"], body["amount"], body["reference"])
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid input: {json.dumps(exc.messages)}") from None
-    except ApiError as exc:
-        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+        return body, wallet.move_funds(db.get_db(), kind, player, body["currency"], body["amount"], body["reference"])
+
+    body, (status, view) = _fail_on_api_error(move)
     if status == 200:
         click.echo(f"reference {body['reference']!r} was already applied; nothing moved", err=True)
     _echo(view)
@@ -59,9 +61,157 @@ withdraw = _movement_command(
 def balance(player, currency):
     """Show PLAYER's wallet in CURRENCY, or in every currency."""
     if currency is None:
-        _echo({"player_id": player, "balances": wallet.player_wallets(get_db(), player)})
+        _echo({"player_id": player, "balances": wallet.player_wallets(db.get_db(), player)})
         return
-    view = wallet.wallet_view(get_db(), player, currency)
+    view = wallet.wallet_view(db.get_db(), player, currency)
     if view is None:
         raise click.ClickException(f"player {player!r} has no {currency} wallet")
     _echo(view)
+
+
+def _fail_on_api_error(call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid input: {json.dumps(exc.messages)}") from None
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+
+
+@wallet_cli.command("refund")
+@click.argument("game_id")
+def refund(game_id):
+    """Return GAME_ID's stake to its wallet (a bet whose finish never came)."""
+    _status, body = _fail_on_api_error(wallet.refund_game, db.get_db(), game_id)
+    _echo(body)
+
+
+def _older_than(function):
+    return click.option(
+        "--older-than", "older_than", type=click.IntRange(min=0), required=True, metavar="SECONDS",
+        help="Only bets whose start was received more than SECONDS ago.",
+    )(function)
+
+
+@wallet_cli.command("stale")
+@_older_than
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def stale(older_than, as_json):
+    """List open bets older than --older-than seconds."""
+    games = wallet.stale_games(db.get_db(), older_than * 1000)
+    _print_items(games, GAME_COLUMNS, as_json, {"games": games})
+
+
+@wallet_cli.command("refund-stale")
+@_older_than
+@click.option("--dry-run", is_flag=True, help="Only list what would be refunded.")
+def refund_stale(older_than, dry_run):
+    """Refund every open bet older than --older-than seconds, each in its own transaction.
+
+    Safe while callbacks flow: a game whose finish arrives meanwhile is skipped.
+    """
+    totals = {}
+    for game in wallet.stale_games(db.get_db(), older_than * 1000):
+        label = f"{game['game_id']}  {game['player_id']}  {game['bet']} {game['currency']}  started {game['started_at']}"
+        if not dry_run:
+            try:
+                wallet.refund_game(db.get_db(), game["game_id"])
+            except ApiError as exc:  # settled (or refunded) since it was listed
+                click.echo(f"skipped  {label}: {exc.message}")
+                continue
+        click.echo(f"{'would refund' if dry_run else 'refunded'}  {label}")
+        count, amount = totals.get(game["currency"], (0, decimal.Decimal(0)))
+        totals[game["currency"]] = (count + 1, amount + decimal.Decimal(game["bet"]))
+    verb = "would refund" if dry_run else "refunded"
+    if not totals:
+        click.echo(f"{verb}: nothing (no open bet older than {older_than} s)")
+    for currency, (count, amount) in sorted(totals.items()):
+        click.echo(f"total {verb}: {count} bet(s), {amount} {currency}")
+
+
+@wallet_cli.command("reconcile")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def reconcile(as_json):
+    """Check that the books balance; exit 1 if they do not."""
+    report = books.reconcile(db.get_db())
+    if as_json:
+        _echo(report)
+    else:
+        click.echo(f"wallets: {report['wallets']}")
+        click.echo("games: " + (", ".join(f"{k} {v}" for k, v in report["games"].items()) or "none"))
+        for currency, sums in report["totals"].items():
+            click.echo(f"{currency}: " + ", ".join(f"{label} {amount}" for label, amount in sums.items()))
+        for problem in report["discrepancies"]:
+            click.echo(f"DISCREPANCY: {problem}")
+        click.echo("the books balance" if report["ok"] else f"{len(report['discrepancies'])} discrepancies")
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
+GAME_COLUMNS = ("game_id", "status", "player_id", "currency", "bet", "payout", "credit", "started_at")
+LEDGER_COLUMNS = ("id", "created_at", "currency", "kind", "amount", "balance_after", "game_id", "reference")
+CALLBACK_COLUMNS = ("id", "received_at", "type", "game_id", "player_id", "outcome", "status_code", "reason")
+
+
+def _print_items(items, columns, as_json, document):
+    """Print a list as a readable table, or the whole document as JSON."""
+    if as_json:
+        _echo(document)
+        return
+    rows = [[("" if item[column] is None else str(item[column])) for column in columns] for item in items]
+    widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
+    for row in [list(columns)] + rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if document.get("next_cursor"):
+        click.echo(f"more: --cursor {document['next_cursor']}")
+
+
+def _page_options(function):
+    function = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(function)
+    function = click.option("--cursor", help="Continue from a previous page.")(function)
+    return click.option("--limit", default=50, show_default=True, help="Rows per page (at most 500).")(function)
+
+
+@wallet_cli.command("games")
+@click.option("--player", "player_id")
+@click.option("--status", type=click.Choice(["open", "won", "lost", "refunded", "declined"]))
+@click.option("--since", help="ISO 8601 time or epoch milliseconds.")
+@_page_options
+def games(as_json, **query):
+    """List games, newest start first."""
+    args = _fail_on_api_error(schemas.games_query.load, {k: v for k, v in query.items() if v is not None})
+    document = _fail_on_api_error(books.list_games, db.get_db(), **args)
+    _print_items(document["games"], GAME_COLUMNS, as_json, document)
+
+
+@wallet_cli.command("ledger")
+@click.argument("player_id")
+@click.option("--currency")
+@_page_options
+def ledger(player_id, as_json, **query):
+    """List PLAYER_ID's ledger rows, newest first."""
+    args = _fail_on_api_error(schemas.ledger_query.load, {k: v for k, v in query.items() if v is not None})
+    document = _fail_on_api_error(books.list_ledger, db.get_db(), player_id, **args)
+    _print_items(document["entries"], LEDGER_COLUMNS, as_json, document)
+
+
+@wallet_cli.command("callbacks")
+@click.option("--outcome", type=click.Choice(["accepted", "declined", "duplicate", "conflict", "invalid", "ignored"]))
+@click.option("--type")
+@click.option("--game-id")
+@_page_options
+def callbacks(as_json, **query):
+    """List the callbacks received (the audit log), newest first."""
+    args = _fail_on_api_error(schemas.callbacks_query.load, {k: v for k, v in query.items() if v is not None})
+    document = _fail_on_api_error(books.list_callbacks, db.get_db(), **args)
+    _print_items(document["callbacks"], CALLBACK_COLUMNS, as_json, document)
+
+
+@wallet_cli.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False))
+def backup(path):
+    """Write an online, consistent copy of the database to PATH (never overwrites)."""
+    if os.path.exists(path):
+        raise click.ClickException(f"{path} exists; choose a new file name")
+    db.backup(db.get_db(), path)
+    click.echo(f"backed up {current_app.config['DATABASE_PATH']} to {path}")

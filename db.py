@@ -21,6 +21,7 @@ def connect(path, synchronous="FULL"):
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
     )
+    conn.row_factory = sqlite3.Row  # rows read by index or by column name
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -97,6 +98,8 @@ def create_schema(db):
                 "balance_update_delay": int,  # ms
                 "finish_time": int,  # provider's time of the finish, epoch ms
                 "settled_at": int,  # our receipt of the finish, epoch ms
+                "refunded_at": int,  # epoch ms
+                "refund_response": str,  # JSON body of the refund's answer, replayed on a repeat
             },
             pk="game_id",
             not_null={"status", "player_id", "currency", "bet", "started_at"},
@@ -104,6 +107,8 @@ def create_schema(db):
         )
         db["games"].create_index(["wallet_id", "settled_at"], if_not_exists=True)
         db["games"].create_index(["status", "started_at"], if_not_exists=True)
+        db["games"].create_index(["started_at", "game_id"], if_not_exists=True)
+        db["games"].create_index(["player_id", "started_at"], if_not_exists=True)
         db["operations"].create(
             {
                 "reference": str,
@@ -138,6 +143,7 @@ def create_schema(db):
         )
         db["callbacks"].create_index(["game_id"], if_not_exists=True)
         db["callbacks"].create_index(["outcome", "id"], if_not_exists=True)
+        db["callbacks"].create_index(["type", "id"], if_not_exists=True)
         # Last line of defence: no code path may take a wallet below zero.
         db.execute(
             """CREATE TRIGGER IF NOT EXISTS wallets_never_negative
@@ -199,3 +205,8 @@ def init_app(app):
         create_schema(schema_db)
     app.teardown_appcontext(release_db)
     app.cli.add_command(init_db_command)
+
+
+def backup(db, path):
+    """Copy the database to a new file while it keeps serving (one consistent snapshot)."""
+    db.execute("VACUUM INTO ?", [os.fspath(path)])

@@ -1,5 +1,6 @@
 """Exact JSON parsing and the marshmallow schemas for callbacks and the operator API."""
 
+import datetime
 import decimal
 import json
 import re
@@ -192,3 +193,51 @@ class MovementSchema(Schema):
 
 movement_schema = MovementSchema()
 player_schema = Schema.from_dict({"player_id": Text(required=True)})()
+
+
+class Since(fields.Field):
+    """A moment as ISO 8601 (UTC when no offset is given) or epoch milliseconds; loads as ms."""
+
+    default_error_messages = {"invalid": "Not an ISO 8601 time or epoch milliseconds."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        try:
+            moment = datetime.datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise self.make_error("invalid") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return int(moment.timestamp() * 1000)
+
+
+class _Page(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.String(load_default=None)
+
+
+class GamesQuery(_Page):
+    player_id = Text(load_default=None)
+    status = fields.String(
+        load_default=None, validate=validate.OneOf(["open", "won", "lost", "refunded", "declined"])
+    )
+    since = Since(load_default=None)
+
+
+class LedgerQuery(_Page):
+    currency = Text(load_default=None)
+
+
+class CallbacksQuery(_Page):
+    outcome = fields.String(
+        load_default=None,
+        validate=validate.OneOf(["accepted", "declined", "duplicate", "conflict", "invalid", "ignored"]),
+    )
+    type = Text(load_default=None)
+    game_id = Text(load_default=None)
+
+
+games_query = GamesQuery()
+ledger_query = LedgerQuery()
+callbacks_query = CallbacksQuery()

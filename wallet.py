@@ -5,6 +5,7 @@ its ledger row and (for callbacks) the audit row together, so a crash leaves all
 """
 
 import dataclasses
+import datetime
 import decimal
 import json
 import time
@@ -297,6 +298,73 @@ def record_callback(db, audit, result, response_text):
     """Keep a callback that never reached settlement (invalid input) in the audit table."""
     with transaction(db):
         _insert_audit(db, audit, result, response_text)
+
+
+# --- refunds of bets that never got a finish --------------------------------------------
+
+
+def refund_game(db, game_id):
+    """Return an open bet's stake to its wallet, once; return (HTTP status, body).
+
+    A repeat answers the first answer again and moves nothing. A settled game cannot be
+    refunded (409); the game's later `finish` is refused and a repeated `start` declined.
+    """
+    now = now_ms()
+    with transaction(db):
+        game = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()
+        if game is None or game["status"] == "declined":
+            raise ApiError(404, "not_found", f"No accepted bet has game id {game_id!r}.")
+        if game["status"] == "refunded":
+            return 200, json.loads(game["refund_response"])
+        if game["status"] != "open":
+            raise ApiError(409, "conflict", f"Game {game_id!r} is already settled ({game['status']}); it cannot be refunded.")
+        _move(db, game["wallet_id"], game["bet"], "refund", now, game_id=game_id)
+        db.execute("UPDATE games SET status = 'refunded', refunded_at = ? WHERE game_id = ?", [now, game_id])
+        refunded = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()
+        body = {"game": game_view(refunded), "wallet": wallet_view(db, game["player_id"], game["currency"], now)}
+        db.execute("UPDATE games SET refund_response = ? WHERE game_id = ?", [json.dumps(body), game_id])
+    return 200, body
+
+
+def stale_games(db, older_than_ms, now=None):
+    """Return the open bets whose start was received more than `older_than_ms` ago, oldest first."""
+    cutoff = (now_ms() if now is None else now) - older_than_ms
+    rows = db.execute(
+        "SELECT * FROM games WHERE status = 'open' AND started_at < ? ORDER BY started_at, game_id", [cutoff]
+    ).fetchall()
+    return [game_view(row) for row in rows]
+
+
+def game_view(game):
+    """Return a games row as the API shows it: amounts as decimal strings, times as ISO 8601."""
+    currency = game["currency"]
+    return {
+        "game_id": game["game_id"],
+        "status": game["status"],
+        "player_id": game["player_id"],
+        "currency": currency,
+        "game_name": game["game_name"],
+        "session_id": game["session_id"],
+        "round": game["round"],
+        "bet": to_text(game["bet"], currency),
+        "payout": game["payout"],  # the multiplier, as the provider sent it
+        "profit": game["profit"],
+        "credit": None if game["credit"] is None else to_text(game["credit"], currency),
+        "balance_update_delay": game["balance_update_delay"],
+        "started_at": iso(game["started_at"]),
+        "start_time": iso(game["start_time"]),
+        "settled_at": iso(game["settled_at"]),
+        "finish_time": iso(game["finish_time"]),
+        "refunded_at": iso(game["refunded_at"]),
+    }
+
+
+def iso(ms):
+    """Format epoch milliseconds as ISO 8601 UTC (None stays None)."""
+    if ms is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- the operator's deposits, withdrawals and balances ----------------------------------

@@ -1,0 +1,242 @@
+"""Reading the books: paged history (games, ledger, callbacks) and the reconciliation.
+
+Nothing here writes; every money rule it checks comes from wallet.py.
+"""
+
+import base64
+import collections
+import decimal
+import itertools
+import json
+
+from errors import ApiError
+from wallet import game_view, iso, to_text, win_credit
+
+
+def encode_cursor(*key):
+    """Make an opaque cursor from a row's sort key."""
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def decode_cursor(cursor, types):
+    """Read a cursor back into its sort key; a cursor we did not make is a 400."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(key, list) or [type(part) for part in key] != list(types):
+            raise ValueError
+        return key
+    except (ValueError, UnicodeError):
+        raise ApiError(400, "validation_error", "Invalid cursor.", {"cursor": ["Invalid cursor."]}) from None
+
+
+def _page(rows, limit, key, view):
+    items = [view(row) for row in rows[:limit]]
+    next_cursor = encode_cursor(*key(rows[limit - 1])) if len(rows) > limit else None
+    return items, next_cursor
+
+
+def list_games(db, player_id=None, status=None, since=None, limit=50, cursor=None):
+    """Games, newest start first, filtered by player, status and start time."""
+    where, params = [], []
+    for column, value in (("player_id", player_id), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("started_at >= ?")
+        params.append(since)
+    if cursor is not None:
+        started_at, game_id = decode_cursor(cursor, (int, str))
+        where.append("(started_at < ? OR (started_at = ? AND game_id < ?))")
+        params += [started_at, started_at, game_id]
+    sql = "SELECT * FROM games" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = db.execute(sql + " ORDER BY started_at DESC, game_id DESC LIMIT ?", [*params, limit + 1]).fetchall()
+    games, next_cursor = _page(rows, limit, lambda row: (row["started_at"], row["game_id"]), game_view)
+    return {"games": games, "next_cursor": next_cursor}
+
+
+def ledger_view(row):
+    """A ledger row as the API shows it."""
+    return {
+        "id": row["id"],
+        "player_id": row["player_id"],
+        "currency": row["currency"],
+        "kind": row["kind"],
+        "amount": to_text(row["amount"], row["currency"]),
+        "balance_after": to_text(row["balance_after"], row["currency"]),
+        "game_id": row["game_id"],
+        "reference": row["reference"],
+        "created_at": iso(row["created_at"]),
+    }
+
+
+LEDGER_SQL = (
+    "SELECT l.*, w.player_id, w.currency FROM ledger l JOIN wallets w ON w.id = l.wallet_id"
+)
+
+
+def list_ledger(db, player_id, currency=None, limit=50, cursor=None):
+    """A player's ledger rows, newest first."""
+    where, params = ["w.player_id = ?"], [player_id]
+    if currency is not None:
+        where.append("w.currency = ?")
+        params.append(currency)
+    if cursor is not None:
+        where.append("l.id < ?")
+        params.append(decode_cursor(cursor, (int,))[0])
+    rows = db.execute(
+        f"{LEDGER_SQL} WHERE {' AND '.join(where)} ORDER BY l.id DESC LIMIT ?", [*params, limit + 1]
+    ).fetchall()
+    entries, next_cursor = _page(rows, limit, lambda row: (row["id"],), ledger_view)
+    return {"entries": entries, "next_cursor": next_cursor}
+
+
+def callback_view(row):
+    """An audit row as the API shows it, with the raw body as text."""
+    body = row["body"]
+    return {
+        "id": row["id"],
+        "received_at": iso(row["received_at"]),
+        "type": row["type"],
+        "game_id": row["game_id"],
+        "player_id": row["player_id"],
+        "outcome": row["outcome"],
+        "reason": row["reason"],
+        "status_code": row["status_code"],
+        "response": row["response"],
+        "body": None if body is None else bytes(body).decode("utf-8", errors="replace"),
+        "duration_ms": row["duration_ms"],
+    }
+
+
+def list_callbacks(db, outcome=None, type=None, game_id=None, limit=50, cursor=None):
+    """The audit log, newest first."""
+    where, params = [], []
+    for column, value in (("outcome", outcome), ("type", type), ("game_id", game_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if cursor is not None:
+        where.append("id < ?")
+        params.append(decode_cursor(cursor, (int,))[0])
+    sql = "SELECT * FROM callbacks" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1]).fetchall()
+    items, next_cursor = _page(rows, limit, lambda row: (row["id"],), callback_view)
+    return {"callbacks": items, "next_cursor": next_cursor}
+
+
+def game_detail(db, game_id):
+    """One game with its ledger rows and every callback received for it, or None."""
+    game = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()
+    if game is None:
+        return None
+    ledger = db.execute(f"{LEDGER_SQL} WHERE l.game_id = ? ORDER BY l.id", [game_id]).fetchall()
+    audit = db.execute("SELECT * FROM callbacks WHERE game_id = ? ORDER BY id", [game_id]).fetchall()
+    return {
+        **game_view(game),
+        "ledger": [ledger_view(row) for row in ledger],
+        "callbacks": [callback_view(row) for row in audit],
+    }
+
+
+# --- reconciliation ---------------------------------------------------------------------
+
+KINDS = ("deposit", "withdrawal", "bet", "payout", "refund")
+TOTALS = {"deposit": "deposited", "withdrawal": "withdrawn", "bet": "staked", "payout": "paid_out", "refund": "refunded"}
+
+
+def reconcile(db):
+    """Check the books; return a summary and every discrepancy (ok when there are none).
+
+    Every wallet equals the sum of its ledger and is not negative; every game's ledger rows
+    match its state (declined: none; open: its bet; won/lost: bet and payout, the payout
+    bet x multiplier on a win and 0 on a loss; refunded: bet and a refund cancelling it);
+    no ledger row points at a missing game.
+    """
+    problems = []
+    wallets = db.execute(
+        "SELECT w.id, w.player_id, w.currency, w.balance, coalesce(sum(l.amount), 0) AS ledger_sum "
+        "FROM wallets w LEFT JOIN ledger l ON l.wallet_id = w.id GROUP BY w.id"
+    ).fetchall()
+    for w in wallets:
+        name = f"wallet {w['player_id']}/{w['currency']}"
+        if w["balance"] != w["ledger_sum"]:
+            problems.append(f"{name}: balance {w['balance']} != ledger sum {w['ledger_sum']} (minor units)")
+        if w["balance"] < 0:
+            problems.append(f"{name}: negative balance {w['balance']}")
+
+    # Walk games and the ledger's game rows side by side, both in game_id order: constant
+    # memory however long the history.
+    ledger = itertools.groupby(
+        db.execute(
+            "SELECT game_id, kind, amount, wallet_id FROM ledger WHERE game_id IS NOT NULL ORDER BY game_id, id"
+        ),
+        key=lambda row: row["game_id"],
+    )
+    group = next(ledger, None)
+    games_by_status = collections.Counter()
+    for game in db.execute("SELECT game_id, status, wallet_id, bet, payout FROM games ORDER BY game_id"):
+        games_by_status[game["status"]] += 1
+        while group is not None and group[0] < game["game_id"]:
+            problems.append(_orphans(*group))
+            group = next(ledger, None)
+        rows = []
+        if group is not None and group[0] == game["game_id"]:
+            rows = sorted((row["kind"], row["amount"], row["wallet_id"]) for row in group[1])
+            group = next(ledger, None)
+        expected = _expected_movements(game)
+        if expected is None:
+            problems.append(f"game {game['game_id']}: unknown status {game['status']!r}")
+        elif rows != sorted((kind, amount, game["wallet_id"]) for kind, amount in expected):
+            problems.append(
+                f"game {game['game_id']} ({game['status']}): ledger {rows} but its state needs {sorted(expected)}"
+            )
+    while group is not None:
+        problems.append(_orphans(*group))
+        group = next(ledger, None)
+    for row in db.execute(
+        "SELECT kind, count(*) AS n FROM ledger WHERE (kind IN ('bet', 'payout', 'refund') AND game_id IS NULL) "
+        "OR (kind IN ('deposit', 'withdrawal') AND reference IS NULL) GROUP BY kind"
+    ):
+        problems.append(f"{row['n']} {row['kind']} ledger row(s) without their game id or reference")
+
+    totals = collections.defaultdict(lambda: {label: 0 for label in TOTALS.values()})
+    for row in db.execute(
+        "SELECT w.currency, l.kind, sum(l.amount) AS total FROM ledger l JOIN wallets w ON w.id = l.wallet_id "
+        "GROUP BY w.currency, l.kind"
+    ):
+        if row["kind"] not in TOTALS:
+            problems.append(f"ledger rows of unknown kind {row['kind']!r}")
+            continue
+        totals[row["currency"]][TOTALS[row["kind"]]] += abs(row["total"])
+    return {
+        "ok": not problems,
+        "wallets": len(wallets),
+        "games": dict(sorted(games_by_status.items())),
+        "totals": {
+            currency: {label: to_text(amount, currency) for label, amount in sums.items()}
+            for currency, sums in sorted(totals.items())
+        },
+        "discrepancies": problems,
+    }
+
+
+def _orphans(game_id, rows):
+    found = sorted((row["kind"], row["amount"], row["wallet_id"]) for row in rows)
+    return f"ledger rows {found} point at game {game_id!r}, which does not exist"
+
+
+def _expected_movements(game):
+    """The (kind, amount) ledger rows a game's state calls for; None for an unknown state."""
+    bet = game["bet"]
+    if game["status"] == "declined":
+        return []
+    if game["status"] == "open":
+        return [("bet", -bet)]
+    if game["status"] == "won":
+        return [("bet", -bet), ("payout", win_credit(bet, decimal.Decimal(game["payout"])))]
+    if game["status"] == "lost":
+        return [("bet", -bet), ("payout", 0)]
+    if game["status"] == "refunded":
+        return [("bet", -bet), ("refund", bet)]
+    return None

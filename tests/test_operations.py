@@ -1,0 +1,273 @@
+"""Day-to-day operation: refunds of stuck bets, reconciliation, history and backups."""
+
+import json
+import sqlite3
+
+import pytest
+
+import wallet as wallet_rules
+from conftest import audit, books
+
+
+def get(wallet, url, **params):
+    return wallet.client.get(url, headers=wallet.admin, query_string=params)
+
+
+def refund(wallet, game_id):
+    return wallet.client.post(f"/api/games/{game_id}/refund", headers=wallet.admin)
+
+
+# --- refunds ----------------------------------------------------------------------------
+
+
+def test_refund_returns_the_stake_once(wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet="2.50")
+    first = refund(wallet, "g-1")
+    assert first.status_code == 200
+    assert first.json["game"]["status"] == "refunded" and first.json["game"]["bet"] == "2.50"
+    assert first.json["wallet"]["balance"] == "10.00"
+    wallet.deposit("1.00")
+    again = refund(wallet, "g-1")
+    assert again.status_code == 200 and again.json == first.json
+    assert wallet.balance() == "11.00"
+    kinds = [row[2] for row in wallet.books()["ledger"]]
+    assert kinds == ["deposit", "bet", "refund", "deposit"]
+
+
+def test_refund_of_a_settled_or_unknown_game_is_refused(wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    wallet.finish(payout=2)
+    before = wallet.books()
+    settled = refund(wallet, "g-1")
+    assert settled.status_code == 409 and settled.json["error"] == "conflict"
+    assert refund(wallet, "nope").status_code == 404
+    wallet.start(game_id="declined", bet=1000)
+    assert refund(wallet, "declined").status_code == 404
+    assert wallet.books()["wallets"] == before["wallets"]
+
+
+def test_after_a_refund_finish_is_refused_and_a_repeated_start_declined(wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    refund(wallet, "g-1")
+    before = wallet.books()
+    assert wallet.finish(payout=2).status_code == 409
+    assert wallet.start(bet=1).json == {"result": False}
+    assert wallet.books() == before
+
+
+def test_cli_refund(runner, wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet=3)
+    result = runner.invoke(args=["wallet", "refund", "g-1"])
+    assert result.exit_code == 0 and json.loads(result.output)["wallet"]["balance"] == "10.00"
+    result = runner.invoke(args=["wallet", "refund", "missing"])
+    assert result.exit_code == 1 and "not_found" in result.output
+
+
+def age_start(wallet, game_id, seconds):
+    """Pretend a start was received `seconds` ago."""
+    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:
+        conn.execute("UPDATE games SET started_at = started_at - ? WHERE game_id = ?", [seconds * 1000, game_id])
+    conn.close()
+
+
+def test_stale_lists_and_refund_stale_refunds_old_open_bets(runner, wallet):
+    wallet.deposit("10.00")
+    for game_id in ("old-1", "old-2", "new", "settled"):
+        wallet.start(game_id=game_id, bet=1)
+    wallet.finish(game_id="settled", bet=1, payout=0, status="lose")
+    for game_id in ("old-1", "old-2", "settled"):
+        age_start(wallet, game_id, 7200)
+
+    listed = runner.invoke(args=["wallet", "stale", "--older-than", "3600", "--json"])
+    assert [g["game_id"] for g in json.loads(listed.output)["games"]] == ["old-1", "old-2"]
+    table = runner.invoke(args=["wallet", "stale", "--older-than", "3600"])
+    assert table.exit_code == 0 and "old-1" in table.output and "new" not in table.output.split()
+
+    dry = runner.invoke(args=["wallet", "refund-stale", "--older-than", "3600", "--dry-run"])
+    assert dry.exit_code == 0 and "total would refund: 2 bet(s), 2.00 USD" in dry.output
+    assert wallet.balance() == "6.00"
+
+    done = runner.invoke(args=["wallet", "refund-stale", "--older-than", "3600"])
+    assert done.exit_code == 0 and "total refunded: 2 bet(s), 2.00 USD" in done.output
+    assert wallet.balance() == "8.00"
+    none = runner.invoke(args=["wallet", "stale", "--older-than", "3600"])
+    assert none.exit_code == 0
+    again = runner.invoke(args=["wallet", "refund-stale", "--older-than", "3600"])
+    assert again.exit_code == 0 and "nothing" in again.output
+
+
+# --- reconciliation ---------------------------------------------------------------------
+
+
+def play_a_little(wallet):
+    wallet.deposit("10.00")
+    wallet.deposit("1", currency="BTC")
+    wallet.withdraw("1.00", reference="wd-1")
+    wallet.start(game_id="won", bet=2)
+    wallet.finish(game_id="won", bet=2, payout="1.5")
+    wallet.start(game_id="lost", bet=1)
+    wallet.finish(game_id="lost", bet=1, status="lose", payout=0)
+    wallet.start(game_id="open", bet=1)
+    wallet.start(game_id="refunded", bet=1)
+    refund(wallet, "refunded")
+    wallet.start(game_id="declined", bet=100)
+
+
+def test_reconcile_passes_on_healthy_books(runner, wallet):
+    play_a_little(wallet)
+    report = get(wallet, "/api/reconcile").json
+    assert report["ok"] is True and report["discrepancies"] == []
+    assert report["wallets"] == 2
+    assert report["games"] == {"declined": 1, "lost": 1, "open": 1, "refunded": 1, "won": 1}
+    assert report["totals"]["USD"] == {
+        "deposited": "10.00", "withdrawn": "1.00", "staked": "5.00", "paid_out": "3.00", "refunded": "1.00"}
+    result = runner.invoke(args=["wallet", "reconcile"])
+    assert result.exit_code == 0 and "the books balance" in result.output
+
+
+@pytest.mark.parametrize(
+    "corruption, finding",
+    [
+        ("UPDATE wallets SET balance = balance + 1 WHERE currency = 'USD'", "!= ledger sum"),
+        ("UPDATE ledger SET amount = amount + 1 WHERE kind = 'payout' AND game_id = 'won'", "(won)"),
+        ("UPDATE games SET payout = '2' WHERE game_id = 'won'", "(won)"),
+        ("UPDATE games SET status = 'won', payout = '2' WHERE game_id = 'lost'", "(won)"),
+        ("DELETE FROM ledger WHERE kind = 'refund'", "(refunded)"),
+        ("UPDATE games SET status = 'open' WHERE game_id = 'lost'", "(open)"),
+        ("DELETE FROM games WHERE game_id = 'open'", "does not exist"),
+        ("UPDATE ledger SET game_id = NULL WHERE kind = 'bet' AND game_id = 'open'", "without their game id"),
+    ],
+)
+def test_reconcile_finds_a_corrupted_row(runner, wallet, corruption, finding):
+    play_a_little(wallet)
+    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:
+        conn.execute("DROP TRIGGER wallets_never_negative")
+        conn.execute(corruption)
+    conn.close()
+    report = get(wallet, "/api/reconcile").json
+    assert report["ok"] is False
+    assert any(finding in problem for problem in report["discrepancies"]), report["discrepancies"]
+    result = runner.invoke(args=["wallet", "reconcile"])
+    assert result.exit_code == 1 and "DISCREPANCY" in result.output
+
+
+# --- history ----------------------------------------------------------------------------
+
+
+def test_games_are_listed_newest_first_with_filters_and_cursor(wallet):
+    play_a_little(wallet)
+    everything = get(wallet, "/api/games").json
+    assert [g["game_id"] for g in everything["games"]] == ["declined", "refunded", "open", "lost", "won"]
+    assert everything["next_cursor"] is None
+    assert [g["game_id"] for g in get(wallet, "/api/games", status="open").json["games"]] == ["open"]
+    assert [g["game_id"] for g in get(wallet, "/api/games", status="declined").json["games"]] == ["declined"]
+    assert get(wallet, "/api/games", player_id="nobody").json == {"games": [], "next_cursor": None}
+
+    seen, cursor = [], None
+    while True:
+        page = get(wallet, "/api/games", limit=2, **({"cursor": cursor} if cursor else {})).json
+        seen += [g["game_id"] for g in page["games"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [g["game_id"] for g in everything["games"]]
+
+
+def test_games_since_takes_iso_or_epoch_milliseconds(wallet):
+    wallet.deposit("10.00")
+    wallet.start(game_id="old", bet=1)
+    age_start(wallet, "old", 3600)
+    wallet.start(game_id="recent", bet=1)
+    cut = wallet_rules.now_ms() - 60_000
+    by_ms = get(wallet, "/api/games", since=str(cut)).json["games"]
+    by_iso = get(wallet, "/api/games", since=wallet_rules.iso(cut)).json["games"]
+    assert [g["game_id"] for g in by_ms] == [g["game_id"] for g in by_iso] == ["recent"]
+
+
+def test_a_declined_game_is_listed_as_declined_until_accepted(wallet):
+    wallet.start(bet=5)
+    assert get(wallet, "/api/games/g-1").json["status"] == "declined"
+    wallet.deposit("5.00")
+    wallet.start(bet=5)
+    assert get(wallet, "/api/games", status="declined").json["games"] == []
+    assert get(wallet, "/api/games/g-1").json["status"] == "open"
+
+
+@pytest.mark.parametrize("params", [
+    {"limit": "0"}, {"limit": "501"}, {"limit": "ten"}, {"status": "pending"}, {"since": "last week"},
+    {"cursor": "not-a-cursor"}, {"colour": "blue"},
+])
+def test_bad_list_parameters_are_a_400(wallet, params):
+    response = get(wallet, "/api/games", **params)
+    assert response.status_code == 400 and response.json["error"] == "validation_error"
+
+
+def test_game_detail_has_its_ledger_and_callbacks(wallet):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    wallet.start(bet=1)
+    wallet.finish(payout=2)
+    detail = get(wallet, "/api/games/g-1").json
+    assert (detail["status"], detail["payout"], detail["credit"]) == ("won", "2", "2.00")
+    assert [(row["kind"], row["amount"]) for row in detail["ledger"]] == [("bet", "-1.00"), ("payout", "2.00")]
+    assert [c["outcome"] for c in detail["callbacks"]] == ["accepted", "duplicate", "accepted"]
+    assert json.loads(detail["callbacks"][0]["body"])["type"] == "start"
+    assert get(wallet, "/api/games/none").status_code == 404
+
+
+def test_player_ledger_pages_newest_first(wallet):
+    play_a_little(wallet)
+    usd = get(wallet, "/api/players/player-42/ledger", currency="USD").json
+    kinds = [row["kind"] for row in usd["entries"]]
+    assert kinds == ["refund", "bet", "bet", "payout", "bet", "payout", "bet", "withdrawal", "deposit"]
+    assert usd["entries"][0]["balance_after"] == wallet.balance()
+    page = get(wallet, "/api/players/player-42/ledger", limit=3).json
+    assert len(page["entries"]) == 3 and page["next_cursor"]
+    rest = get(wallet, "/api/players/player-42/ledger", limit=500, cursor=page["next_cursor"]).json
+    assert len(page["entries"]) + len(rest["entries"]) == 10 and rest["next_cursor"] is None
+
+
+def test_callbacks_audit_log_filters(wallet):
+    wallet.deposit("1.00")
+    wallet.start(bet=1)
+    wallet.start(bet=2)  # conflict
+    wallet.callback(b"{oops")
+    conflicts = get(wallet, "/api/callbacks", outcome="conflict").json["callbacks"]
+    assert len(conflicts) == 1 and conflicts[0]["status_code"] == 409 and '"bet": 2' in conflicts[0]["body"]
+    invalid = get(wallet, "/api/callbacks", outcome="invalid").json["callbacks"]
+    assert invalid[0]["body"] == "{oops"
+    assert len(get(wallet, "/api/callbacks", game_id="g-1").json["callbacks"]) == 2
+    assert len(get(wallet, "/api/callbacks", type="start").json["callbacks"]) == 2
+    assert len(audit(wallet.app.config["DATABASE_PATH"])) == 3
+
+
+def test_cli_history_tables_and_json(runner, wallet):
+    play_a_little(wallet)
+    games = runner.invoke(args=["wallet", "games", "--status", "won"])
+    assert games.exit_code == 0 and games.output.splitlines()[0].split()[:2] == ["game_id", "status"]
+    assert "won" in games.output.splitlines()[1]
+    as_json = json.loads(runner.invoke(args=["wallet", "games", "--json", "--limit", "2"]).output)
+    assert len(as_json["games"]) == 2 and as_json["next_cursor"]
+    ledger = runner.invoke(args=["wallet", "ledger", "player-42", "--currency", "BTC"])
+    assert ledger.exit_code == 0 and "1.00000000" in ledger.output
+    callbacks = json.loads(runner.invoke(args=["wallet", "callbacks", "--json", "--outcome", "declined"]).output)
+    assert [c["game_id"] for c in callbacks["callbacks"]] == ["declined"]
+    bad = runner.invoke(args=["wallet", "games", "--since", "someday"])
+    assert bad.exit_code == 1 and "invalid input" in bad.output
+
+
+# --- backups ----------------------------------------------------------------------------
+
+
+def test_backup_is_a_consistent_copy_and_never_overwrites(runner, wallet, tmp_path):
+    play_a_little(wallet)
+    target = tmp_path / "backup.db"
+    result = runner.invoke(args=["wallet", "backup", str(target)])
+    assert result.exit_code == 0, result.output
+    assert books(str(target)) == wallet.books()
+    again = runner.invoke(args=["wallet", "backup", str(target)])
+    assert again.exit_code == 1 and "exists" in again.output
