@@ -11,6 +11,7 @@ import callbacks
 import cli
 import db
 import errors
+import openapi
 import wallet
 
 ENVIRONMENT = (
@@ -51,6 +52,7 @@ def create_app(test_config=None):
     errors.register(app)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
     app.cli.add_command(cli.wallet_cli)
     if app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
