@@ -18,6 +18,9 @@ from errors import ApiError, error_body
 from schemas import MAX_DELAY_MS
 
 DEFAULT_DECIMALS = 8
+# The largest amount, in minor units, a movement or a balance may reach: far inside SQLite's
+# 64-bit integers, whose overflow would silently turn money into floating point.
+MAX_MINOR = 10**18
 # Exact arithmetic: enough precision that multiplying two parsed amounts never rounds,
 # and half-to-even wherever we do round (to a currency's minor unit).
 EXACT = decimal.Context(
@@ -102,26 +105,34 @@ def show_in_ms(delay_ms, callback_ms, received_ms, now):
 
 
 def _minor_or_invalid(amount, currency, *path):
-    """Round an amount to minor units; one that rounds to 0 is invalid input."""
+    """Round an amount to minor units; one that rounds to 0, or beyond MAX_MINOR, is invalid."""
     minor = to_minor(amount, currency)
+    places = currency_decimals(currency)
+    if 0 < minor <= MAX_MINOR:
+        return minor
     if minor <= 0:
-        message = {path[-1]: [f"Rounds to 0 in {currency} ({currency_decimals(currency)} decimals)."]}
-        for field in reversed(path[:-1]):
-            message = {field: message}
-        raise ValidationError(message)
-    return minor
+        problem = f"Rounds to 0 in {currency} ({places} decimals)."
+    else:
+        problem = f"Too large: at most {to_text(MAX_MINOR, currency)} {currency} ({places} decimals)."
+    message = {path[-1]: [problem]}
+    for field in reversed(path[:-1]):
+        message = {field: message}
+    raise ValidationError(message)
 
 
 def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None):
     """Change a balance and write its ledger row; the only place a balance changes.
 
-    Returns False (and changes nothing) when the wallet would go negative.
+    Returns False (and changes nothing) when the wallet would go negative; refuses (409)
+    a credit that would take it past MAX_MINOR.
     """
     row = db.execute(
         "UPDATE wallets SET balance = balance + ?, updated_at = ? "
-        "WHERE id = ? AND balance + ? >= 0 RETURNING balance",
-        [amount, now, wallet_id, amount],
+        "WHERE id = ? AND balance + ? BETWEEN 0 AND ? RETURNING balance",
+        [amount, now, wallet_id, amount, MAX_MINOR],
     ).fetchone()
+    if row is None and amount > 0:
+        raise ApiError(409, "balance_limit", "The credit would take the wallet past the largest balance it can hold.")
     if row is None:
         return False
     db.execute(
@@ -253,6 +264,8 @@ def _finish(db, cb, bet, now):
         return Outcome(200, {}, "duplicate", f"game {game_id} already settled ({status})")
 
     credit = win_credit(bet, payout) if new_status == "won" else 0
+    if credit > MAX_MINOR:
+        raise ValidationError({"game": {"payout": ["The win (bet x payout) is too large to credit."]}})
     _move(db, wallet_id, credit, "payout", now, game_id=game_id)
     db.execute(
         "UPDATE games SET status = ?, payout = ?, profit = ?, credit = ?, "

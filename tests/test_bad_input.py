@@ -193,3 +193,31 @@ def test_player_id_too_long_is_refused(wallet):
     response = wallet.deposit("1", player="p" * 300)
     assert response.status_code == 400
     assert wallet.books()["wallets"] == {}
+
+
+def test_amounts_beyond_the_largest_minor_amount_are_refused(wallet):
+    # 10^11 BTC is 10^19 satoshi: past SQLite's 64-bit integers, so refused, never a 500.
+    response = wallet.deposit("100000000000", currency="BTC")
+    assert response.status_code == 400 and "Too large" in response.json["fields"]["amount"][0]
+    wallet.deposit("9000000000", currency="BTC")  # 9 x 10^17 satoshi: fine
+    before = wallet.books()
+    too_big_bet = wallet.start(currency="BTC", bet=100000000000)
+    assert too_big_bet.status_code == 400 and "Too large" in too_big_bet.json["fields"]["game"]["bet"][0]
+    assert wallet.books() == before
+
+
+def test_a_win_too_large_to_credit_is_refused_and_moves_nothing(wallet):
+    wallet.deposit("9000000000", currency="BTC")
+    assert wallet.start(currency="BTC", bet=1000).json == {"result": True}
+    before = wallet.books()
+    response = wallet.finish(currency="BTC", bet=1000, payout=10**11)
+    assert response.status_code == 400 and "payout" in response.json["fields"]["game"]
+    assert wallet.books() == before
+
+
+def test_a_balance_never_passes_the_largest_amount(wallet):
+    wallet.deposit("9000000000", currency="BTC", reference="first")
+    before = wallet.books()
+    response = wallet.deposit("9000000000", currency="BTC", reference="second")
+    assert response.status_code == 409 and response.json["error"] == "balance_limit"
+    assert wallet.books() == before
