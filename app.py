@@ -12,6 +12,7 @@ import cli
 import db
 import errors
 import openapi
+import simulator
 import wallet
 
 ENVIRONMENT = (
@@ -54,6 +55,7 @@ def create_app(test_config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     app.cli.add_command(cli.wallet_cli)
+    app.cli.add_command(simulator.simulate_command)
     if app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
 
