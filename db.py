@@ -4,6 +4,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 
 import click
 import sqlite_utils
@@ -23,10 +24,28 @@ def connect(path, synchronous="FULL"):
     )
     conn.row_factory = sqlite3.Row  # rows read by index or by column name
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(conn)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     return sqlite_utils.Database(conn, execute_plugins=False)
+
+
+def _enable_wal(conn):
+    """Switch the file to WAL, waiting for the lock like any writer would.
+
+    Turning a new file into WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once instead of calling the busy handler when another worker booting at the
+    same moment holds it; so retry here for as long as busy_timeout would have waited.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 @contextlib.contextmanager
