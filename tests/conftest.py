@@ -167,3 +167,24 @@ def audit(path):
 @pytest.fixture
 def wallet(client, app):
     return Wallet(client, app)
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Start real gunicorn servers (tests/live.py) for a test; stop them all afterwards.
+
+    gunicorn("name", workers=3, **environment) serves tmp_path/name.db, started.
+    """
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
+    from live import Gunicorn  # live imports this module's tokens
+
+    servers = []
+
+    def start(name="wallet", **options):
+        servers.append(Gunicorn(tmp_path / f"{name}.db", **options))
+        return servers[-1].start()
+
+    yield start
+    for server in servers:
+        server.stop()

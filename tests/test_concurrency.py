@@ -10,188 +10,31 @@ database at the same instant.
 
 import collections
 import decimal
-import http.client
 import json
 import os
 import random
 import select
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, audit, body, books
+from conftest import FINISH, START, audit, body, books
+from live import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 3
 THREADS = 32
-STARTUP_SECONDS = 20
-REQUEST_TIMEOUT = 30
 CENT = decimal.Decimal("0.01")
-
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/stat").exists(), reason="needs gunicorn (POSIX) and /proc to see its workers"
-)
-
-
-# --- the server --------------------------------------------------------------------------
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _children(pid):
-    """Return the ids of a process's live children (its gunicorn workers), via /proc."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may hold spaces, so split after its last ')'.
-        state, ppid = stat.rpartition(")")[2].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            children.add(int(entry.name))
-    return children
-
-
-class Server:
-    """A running gunicorn: where it listens, its database, its log files and its workers."""
-
-    def __init__(self, process, port, database, error_log, access_log):
-        self.process, self.port, self.database = process, port, database
-        self.error_log, self.access_log = error_log, access_log
-        self.workers = set()
-
-    def stderr(self):
-        return self.error_log.read_text(errors="replace")
-
-    def request(self, method, path, payload=None, headers=None):
-        """Send one request on a fresh connection; return (status, JSON body or raw text)."""
-        headers = dict(headers or {})
-        data = None
-        if payload is not None:
-            data = json.dumps(payload).encode()
-            headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-        finally:
-            conn.close()
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw.decode(errors="replace")
-
-    def callback(self, payload):
-        return self.request("POST", f"/callback/{CALLBACK_TOKEN}", payload)
-
-    def deposit(self, player, amount, reference, currency="USD"):
-        status, answer = self.request(
-            "POST", f"/api/players/{player}/deposits",
-            {"currency": currency, "amount": amount, "reference": reference},
-            {"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert status == 201, (status, answer)
-        return answer
-
-    def balance(self, player, currency="USD"):
-        status, answer = self.request(
-            "GET", f"/api/players/{player}/balances/{currency}",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert status == 200, (status, answer)
-        return decimal.Decimal(answer["balance"])
-
-    def serving_pids(self):
-        """Worker process ids that answered requests, from the access log."""
-        return {line.split()[0] for line in self.access_log.read_text().splitlines() if line.strip()}
-
-    def assert_healthy(self):
-        """The master and every worker it started are still alive, and nothing crashed."""
-        assert self.process.poll() is None, f"gunicorn exited:\n{self.stderr()}"
-        assert _children(self.process.pid) == self.workers, (
-            f"a worker died or was replaced (started {sorted(self.workers)}, "
-            f"now {sorted(_children(self.process.pid))}):\n{self.stderr()}"
-        )
-        log = self.stderr()
-        for marker in ("Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT"):
-            assert marker not in log, f"gunicorn logged {marker!r}:\n{log}"
 
 
 @pytest.fixture
-def server(tmp_path):
-    """Run `gunicorn --workers 3 app:create_app()` on a fresh database until the test ends."""
-    port = _free_port()
-    database = tmp_path / "wallet.db"
-    error_log, access_log = tmp_path / "gunicorn.err", tmp_path / "access.log"
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")}
-    env.update(
-        DATABASE_PATH=str(database),
-        CALLBACK_TOKEN=CALLBACK_TOKEN,
-        ADMIN_TOKEN=ADMIN_TOKEN,
-        CURRENCY_DECIMALS="USD=2",
-    )
-    command = [
-        sys.executable, "-m", "gunicorn",
-        "--workers", str(WORKERS),
-        "--bind", f"127.0.0.1:{port}",
-        "--no-control-socket",  # not the shared ~/.gunicorn/gunicorn.ctl of other servers
-        # %(p)s is the id of the worker that served the request.
-        "--access-logfile", str(access_log),
-        "--access-logformat", "%(p)s %(s)s %(m)s %(U)s",
-        "app:create_app()",
-    ]
-    with open(error_log, "wb") as stderr:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
-        )
-    running = Server(process, port, database, error_log, access_log)
-    try:
-        _wait_until_up(running)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_until_up(server):
-    """Poll /healthz until it answers 200 and all workers are running; fail with the log."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {server.process.returncode}:\n{server.stderr()}")
-        try:
-            status, _ = server.request("GET", "/healthz")
-        except (OSError, http.client.HTTPException):
-            status = None
-        if status == 200:
-            server.workers = _children(server.process.pid)
-            if len(server.workers) == WORKERS:
-                server.access_log.write_text("")  # count only the test's own requests
-                return
-        time.sleep(0.05)
-    pytest.fail(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{server.stderr()}")
+def server(gunicorn):
+    """`gunicorn --workers 3 app:create_app()` on a fresh database: the workers race to create it."""
+    return gunicorn(workers=WORKERS)
 
 
 def fire(server, payloads, threads=THREADS):

@@ -1,6 +1,5 @@
 """Running it: health, start-up configuration, and the guard on currency decimals."""
 
-import os
 import sqlite3
 
 import pytest

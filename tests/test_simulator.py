@@ -5,15 +5,10 @@ simulator runs in-process through Flask's CLI runner, and once as a real subproc
 """
 
 import decimal
-import http.client
-import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,90 +16,20 @@ import pytest
 import app as app_module
 import simulator
 from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, audit, books
+from live import ROOT, Gunicorn, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-STARTUP_SECONDS = 20
 GAME_LINE = re.compile(r"^(sim-\S+)\s+\S+\s+bet (\S+)\s+(win|lose|declined)\s+(?:x\S+\s+)?credit (\S+)", re.M)
-
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gunicorn needs a POSIX system")
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A running gunicorn: its base URL, database file and log."""
-
-    def __init__(self, process, port, database, log):
-        self.process, self.port, self.database, self.log = process, port, database, log
-        self.url = f"http://127.0.0.1:{port}"
-
-    def request(self, method, path, payload=None):
-        """Send one operator-API request; return (status, JSON body)."""
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=None if payload is None else json.dumps(payload), headers=headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read() or b"null")
-        finally:
-            conn.close()
-
-    def deposit(self, player, amount):
-        status, answer = self.request("POST", f"/api/players/{player}/deposits",
-                                      {"currency": "USD", "amount": amount, "reference": f"fund-{player}"})
-        assert status == 201, (status, answer)
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Run `gunicorn --workers 2 app:create_app()` on a fresh database for this module."""
-    directory = tmp_path_factory.mktemp("simulator")
-    port, database, log = _free_port(), directory / "wallet.db", directory / "gunicorn.log"
-    env = {key: value for key, value in os.environ.items()
-           if key not in app_module.ENVIRONMENT + ("GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")}
-    env.update(DATABASE_PATH=str(database), CALLBACK_TOKEN=CALLBACK_TOKEN, ADMIN_TOKEN=ADMIN_TOKEN,
-               CURRENCY_DECIMALS="USD=2")
-    command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-               "app:create_app()"]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=output, stderr=output)
-    running = Server(process, port, database, log)
+    """`gunicorn --workers 2 app:create_app()` on a fresh database, for the whole module."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
+    running = Gunicorn(tmp_path_factory.mktemp("simulator") / "wallet.db", workers=2)
     try:
-        _wait_until_up(running)
-        yield running
+        yield running.start()
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_until_up(server):
-    """Poll /healthz until it answers 200; fail with gunicorn's log."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {server.process.returncode}:\n{server.log.read_text()}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
-            try:
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    return
-            finally:
-                conn.close()
-        except OSError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{server.log.read_text()}")
+        running.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -209,7 +134,7 @@ def test_a_wrong_token_fails_clearly_and_moves_nothing(server, simulate):
 
 
 def test_an_unreachable_service_fails_clearly(simulate):
-    result = simulate("sim-player", "USD", "--games", "1", url=f"http://127.0.0.1:{_free_port()}")
+    result = simulate("sim-player", "USD", "--games", "1", url=f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "cannot reach the service" in result.output and "Traceback" not in result.output
 

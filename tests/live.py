@@ -1,0 +1,181 @@
+"""A real gunicorn serving the app, for the tests where separate processes matter.
+
+`Gunicorn(...)` starts `python -m gunicorn "app:create_app()"` in the repository root, as
+the Procfile does, on a database file of the test's choosing, in its own process group
+(so a test can `kill()` the master and every worker at once, as a crash would) and waits
+for /healthz. Use it through the `gunicorn` fixture in conftest.py, which stops every
+server a test started.
+"""
+
+import decimal
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import app as app_module
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 20
+REQUEST_TIMEOUT = 30
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children(pid):
+    """The ids of a process's live children (a gunicorn master's workers), via /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may hold spaces, so split after its last ')'.
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+class Gunicorn:
+    """One gunicorn on `database`: start it, talk to it, stop it or kill it outright."""
+
+    def __init__(self, database, workers=2, currency_decimals="USD=2", log_dir=None, **env):
+        self.database = Path(database)
+        self.workers_wanted = workers
+        log_dir = Path(log_dir or self.database.parent)
+        self.error_log = log_dir / f"{self.database.stem}-gunicorn.log"
+        self.access_log = log_dir / f"{self.database.stem}-access.log"
+        self.env = {key: value for key, value in os.environ.items()
+                    if key not in app_module.ENVIRONMENT + ("GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")}
+        self.env.update(DATABASE_PATH=str(self.database), CALLBACK_TOKEN=CALLBACK_TOKEN,
+                        ADMIN_TOKEN=ADMIN_TOKEN, CURRENCY_DECIMALS=currency_decimals, **env)
+        self.process = None
+        self.workers = set()
+        self.port = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        """Start on a free port and wait until every worker is up; fail the test with the log if not."""
+        self.port = free_port()
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--workers", str(self.workers_wanted),
+            "--bind", f"127.0.0.1:{self.port}",
+            "--no-control-socket",  # not the shared ~/.gunicorn/gunicorn.ctl of other servers
+            # %(p)s is the id of the worker that served the request.
+            "--access-logfile", str(self.access_log),
+            "--access-logformat", "%(p)s %(s)s %(m)s %(U)s",
+            "app:create_app()",
+        ]
+        with open(self.error_log, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                status, _ = self.request("GET", "/healthz", timeout=2)
+            except (OSError, http.client.HTTPException):
+                status = None
+            if status == 200:
+                self.workers = children(self.process.pid)
+                if len(self.workers) == self.workers_wanted:
+                    self.access_log.write_text("")  # count only the test's own requests
+                    return self
+            time.sleep(0.05)
+        pytest.fail(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{self.log()}")
+
+    def stop(self):
+        """Shut down gracefully (SIGTERM), killing it if it does not go within 10 s."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self):
+        """SIGKILL the master and every worker at once, mid-whatever they were doing."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def log(self):
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    # --- requests ------------------------------------------------------------------------
+
+    def request(self, method, path, payload=None, headers=None, timeout=REQUEST_TIMEOUT):
+        """One request on a fresh connection: (status, JSON body, or the raw text if not JSON)."""
+        headers = dict(headers or {})
+        data = None
+        if payload is not None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw.decode(errors="replace")
+
+    def callback(self, payload):
+        return self.request("POST", f"/callback/{CALLBACK_TOKEN}", payload)
+
+    def admin(self, method, path, payload=None):
+        return self.request(method, path, payload, ADMIN)
+
+    def deposit(self, player, amount, reference=None, currency="USD"):
+        status, answer = self.admin("POST", f"/api/players/{player}/deposits", {
+            "currency": currency, "amount": amount, "reference": reference or f"fund-{player}"})
+        assert status == 201, (status, answer)
+        return answer
+
+    def balance(self, player, currency="USD"):
+        status, answer = self.admin("GET", f"/api/players/{player}/balances/{currency}")
+        assert status == 200, (status, answer)
+        return decimal.Decimal(answer["balance"])
+
+    # --- health ----------------------------------------------------------------------------
+
+    def serving_pids(self):
+        """Ids of the workers that answered requests since start(), from the access log."""
+        return {line.split()[0] for line in self.access_log.read_text().splitlines() if line.strip()}
+
+    def assert_healthy(self):
+        """The master and every worker it started are alive, and nothing crashed."""
+        assert self.process.poll() is None, f"gunicorn exited:\n{self.log()}"
+        assert children(self.process.pid) == self.workers, (
+            f"a worker died or was replaced (started {sorted(self.workers)}, "
+            f"now {sorted(children(self.process.pid))}):\n{self.log()}"
+        )
+        log = self.log()
+        for marker in ("Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT"):
+            assert marker not in log, f"gunicorn logged {marker!r}:\n{log}"
