@@ -1,12 +1,17 @@
 """Day-to-day operation: refunds of stuck bets, reconciliation, history and backups."""
 
+import collections
 import json
+import re
 import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import wallet as wallet_rules
-from conftest import audit, books
+from conftest import FINISH, START, audit, body, books
 
 
 def get(wallet, url, **params):
@@ -271,3 +276,94 @@ def test_backup_is_a_consistent_copy_and_never_overwrites(runner, wallet, tmp_pa
     assert books(str(target)) == wallet.books()
     again = runner.invoke(args=["wallet", "backup", str(target)])
     assert again.exit_code == 1 and "exists" in again.output
+
+
+# --- against a live gunicorn, while callbacks flow -------------------------------------------
+
+
+def _finish_all(server, games, answered):
+    """Send each game's finish (a win at x2) in parallel, recording the answers."""
+
+    def send(game_id):
+        answered[game_id] = server.callback(body(FINISH, **{
+            "game.id": game_id, "game.status": "win", "game.payout": 2, "game.bet": 1,
+            "session.playerId": "stuck-player"}))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(send, games))
+
+
+def test_refund_stale_racing_finishes_never_refunds_and_pays_one_game(gunicorn, make_app):
+    server = gunicorn("race", workers=2)
+    server.deposit("stuck-player", "1000.00")
+    games = [f"stuck-{n}" for n in range(300)]
+    for game_id in games:
+        start = body(START, **{"game.id": game_id, "game.bet": 1, "session.playerId": "stuck-player"})
+        assert server.callback(start) == (200, {"result": True})
+
+    answered = {}
+    finishing = threading.Thread(target=_finish_all, args=(server, games, answered))
+    finishing.start()
+    while len(answered) < 20:  # the finishes are flowing: now the cron job runs
+        time.sleep(0.001)
+    cron = make_app(DATABASE_PATH=str(server.database)).test_cli_runner()
+    result = cron.invoke(args=["wallet", "refund-stale", "--older-than", "0"])
+    finishing.join()
+
+    assert result.exit_code == 0, result.output
+    refunded = set(re.findall(r"^refunded  (stuck-\d+) ", result.output, re.M))
+    paid = {game_id for game_id, answer in answered.items() if answer == (200, {})}
+    refused = {game_id for game_id, (status, answer) in answered.items()
+               if status == 409 and "was refunded" in answer["message"]}
+    assert paid and refunded, "the race did not happen: every game went one way"
+    assert paid | refused == set(games) and not paid & refused
+    assert refunded == refused  # a refunded game's finish is refused, and only those
+    rows = collections.defaultdict(list)
+    state = books(server.database)
+    for _, amount, kind, game_id, _ in state["ledger"]:
+        rows[game_id].append((kind, amount))
+    for game_id in games:
+        expected = [("bet", -100), ("refund", 100)] if game_id in refunded else [("bet", -100), ("payout", 200)]
+        assert rows[game_id] == expected, game_id
+    assert state["wallets"][("stuck-player", "USD")] == 100000 - 100 * len(paid) + 200 * len(paid)
+    assert f"total refunded: {len(refunded)} bet(s)" in result.output
+    reconcile = cron.invoke(args=["wallet", "reconcile"])
+    assert reconcile.exit_code == 0, reconcile.output
+
+
+def test_backup_taken_during_writes_opens_and_reconciles(gunicorn, make_app, tmp_path):
+    server = gunicorn("live", workers=2)
+    server.deposit("busy-player", "1000.00")
+    games = [f"busy-{n}" for n in range(300)]
+    stop, statuses = threading.Event(), collections.Counter()
+
+    def play():
+        for game_id in games:
+            if stop.is_set():
+                return
+            for payload in (body(START, **{"game.id": game_id, "session.playerId": "busy-player"}),
+                            body(FINISH, **{"game.id": game_id, "session.playerId": "busy-player"})):
+                statuses[server.callback(payload)[0]] += 1
+
+    playing = [threading.Thread(target=play) for _ in range(3)]  # the same games thrice: duplicates too
+    for thread in playing:
+        thread.start()
+    time.sleep(0.2)
+    app = make_app(DATABASE_PATH=str(server.database))
+    copies = [tmp_path / f"backup-{n}.db" for n in range(3)]
+    for copy in copies:
+        result = app.test_cli_runner().invoke(args=["wallet", "backup", str(copy)])
+        assert result.exit_code == 0, result.output
+        time.sleep(0.05)
+    stop.set()
+    for thread in playing:
+        thread.join()
+
+    settled = []
+    for copy in copies:
+        state = books(copy)  # opens; every balance equals its ledger sum
+        settled.append(sum(status == "won" for _, status, _, _ in state["games"]))
+        restored = make_app(DATABASE_PATH=str(copy)).test_cli_runner().invoke(args=["wallet", "reconcile"])
+        assert restored.exit_code == 0, restored.output
+    assert 0 < settled[0] <= settled[-1] < len(games), "the copies were not taken while games were played"
+    assert list(statuses) == [200]
