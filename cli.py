@@ -172,6 +172,13 @@ def _page_options(function):
     return click.option("--limit", default=50, show_default=True, help="Rows per page (at most 500).")(function)
 
 
+def _print_page(query_schema, list_items, key, columns, as_json, options, *arguments):
+    """Validate the options as the API validates its query string, then print one page."""
+    query = _fail_on_api_error(query_schema.load, {k: v for k, v in options.items() if v is not None})
+    document = _fail_on_api_error(list_items, db.get_db(), *arguments, **query)
+    _print_items(document[key], columns, as_json, document)
+
+
 @wallet_cli.command("games")
 @click.option("--player", "player_id")
 @click.option("--status", type=click.Choice(["open", "won", "lost", "refunded", "declined"]))
@@ -179,9 +186,7 @@ def _page_options(function):
 @_page_options
 def games(as_json, **query):
     """List games, newest start first."""
-    args = _fail_on_api_error(schemas.games_query.load, {k: v for k, v in query.items() if v is not None})
-    document = _fail_on_api_error(books.list_games, db.get_db(), **args)
-    _print_items(document["games"], GAME_COLUMNS, as_json, document)
+    _print_page(schemas.games_query, books.list_games, "games", GAME_COLUMNS, as_json, query)
 
 
 @wallet_cli.command("ledger")
@@ -190,9 +195,7 @@ def games(as_json, **query):
 @_page_options
 def ledger(player_id, as_json, **query):
     """List PLAYER_ID's ledger rows, newest first."""
-    args = _fail_on_api_error(schemas.ledger_query.load, {k: v for k, v in query.items() if v is not None})
-    document = _fail_on_api_error(books.list_ledger, db.get_db(), player_id, **args)
-    _print_items(document["entries"], LEDGER_COLUMNS, as_json, document)
+    _print_page(schemas.ledger_query, books.list_ledger, "entries", LEDGER_COLUMNS, as_json, query, player_id)
 
 
 @wallet_cli.command("callbacks")
@@ -202,9 +205,7 @@ def ledger(player_id, as_json, **query):
 @_page_options
 def callbacks(as_json, **query):
     """List the callbacks received (the audit log), newest first."""
-    args = _fail_on_api_error(schemas.callbacks_query.load, {k: v for k, v in query.items() if v is not None})
-    document = _fail_on_api_error(books.list_callbacks, db.get_db(), **args)
-    _print_items(document["callbacks"], CALLBACK_COLUMNS, as_json, document)
+    _print_page(schemas.callbacks_query, books.list_callbacks, "callbacks", CALLBACK_COLUMNS, as_json, query)
 
 
 @wallet_cli.command("backup")
