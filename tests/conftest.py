@@ -11,7 +11,7 @@ import db
 
 CALLBACK_TOKEN = "cb-9f2c4e1a-secret"
 ADMIN_TOKEN = "admin-7d1e-secret"
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "provider" / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the provider's examples, copied
 
 START = {
     "type": "start",
