@@ -30,6 +30,7 @@ ENVIRONMENT = (
 def create_app(test_config=None):
     """Create the app: configuration, logging, database schema, routes and commands."""
     app = Flask(__name__, instance_relative_config=True)
+    app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
     app.config.from_mapping(
         DATABASE_PATH=os.path.join(app.instance_path, "wallet.db"),
         CALLBACK_TOKEN=None,

@@ -24,8 +24,13 @@ def decode_cursor(cursor, types):
         key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         if not isinstance(key, list) or [type(part) for part in key] != list(types):
             raise ValueError
+        for part in key:
+            if type(part) is int and not -(2**63) <= part < 2**63:
+                raise ValueError  # SQLite's integers are 64-bit
+            if type(part) is str:
+                part.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
         return key
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         raise ApiError(400, "validation_error", "Invalid cursor.", {"cursor": ["Invalid cursor."]}) from None
 
 

@@ -14,6 +14,8 @@ MAX_DELAY_MS = 600_000
 SECONDS_BELOW = 10**11  # an epoch below this is in seconds, otherwise milliseconds
 MAX_EPOCH_MS = 10**14  # far beyond any real clock; keeps stored values sane
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+EPOCH_DIGITS = re.compile(r"[0-9]{1,15}")  # epoch milliseconds in a query string; ASCII digits only
+MAX_DEPTH = 64  # objects and arrays inside each other; a callback needs 3
 
 
 def _reject_constant(name):
@@ -36,7 +38,7 @@ def parse_json(raw):
     if not raw:
         raise ApiError(400, "malformed_json", "The request body is empty; send a JSON object.")
     try:
-        return json.loads(
+        payload = json.loads(
             raw.decode("utf-8"),
             parse_float=decimal.Decimal,
             parse_constant=_reject_constant,
@@ -49,6 +51,31 @@ def parse_json(raw):
     except (ValueError, decimal.InvalidOperation) as exc:
         # json.JSONDecodeError is a ValueError; so are huge integers and our refusals.
         raise ApiError(400, "malformed_json", f"The request body is not valid JSON: {exc}") from None
+    _check_tree(payload)
+    return payload
+
+
+def _check_tree(payload):
+    """Refuse, without recursing, nesting past MAX_DEPTH and strings holding a lone surrogate.
+
+    Both parse (JSON allows "\\ud800"), but a lone surrogate cannot be stored in SQLite and
+    a structure nested near the parser's limit breaks whatever recurses into it next.
+    """
+    stack = [(payload, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise ApiError(400, "malformed_json", f"The JSON is nested more than {MAX_DEPTH} deep.")
+            items = value.values() if isinstance(value, dict) else value
+            if isinstance(value, dict):
+                stack.extend((key, depth) for key in value)
+            stack.extend((item, depth + 1) for item in items)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff).") from None
 
 
 class Amount(fields.Field):
@@ -61,7 +88,10 @@ class Amount(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and JSON_NUMBER.fullmatch(value):
-            value = decimal.Decimal(value)
+            try:
+                value = decimal.Decimal(value)
+            except decimal.InvalidOperation:  # an exponent beyond the decimal module's limits
+                raise self.make_error("invalid") from None
         elif isinstance(value, int) and not isinstance(value, bool):
             value = decimal.Decimal(value)
         if not isinstance(value, decimal.Decimal) or not value.is_finite():
@@ -201,7 +231,7 @@ class Since(fields.Field):
     default_error_messages = {"invalid": "Not an ISO 8601 time or epoch milliseconds."}
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and EPOCH_DIGITS.fullmatch(value):
             return int(value)
         try:
             moment = datetime.datetime.fromisoformat(value)
