@@ -100,3 +100,77 @@ def test_wrong_admin_token_is_refused_and_moves_nothing(wallet, header):
     assert response.status_code == 401 and response.json["error"] == "unauthorized"
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert wallet.books()["wallets"] == {}
+
+
+@pytest.mark.parametrize("trusted, remote, forwarded, allowed", [
+    # No trusted proxy: no header may stand in for the socket's address.
+    ("0", "198.51.100.1", {"X-Forwarded-For": "198.51.100.9, 203.0.113.7"}, False),
+    ("0", "198.51.100.1", {"X-Real-IP": "203.0.113.7", "Forwarded": "for=203.0.113.7"}, False),
+    # One trusted proxy: without the header, the proxy's own address is what is checked...
+    ("1", "10.0.0.2", {}, False),
+    ("1", "203.0.113.7", {}, True),
+    # ...with it, the last hop replaces the socket's address, allowed or not.
+    ("1", "203.0.113.7", {"X-Forwarded-For": "198.51.100.1"}, False),
+    ("1", "10.0.0.2", {"X-Forwarded-For": "2001:db8::1"}, True),
+    ("1", "10.0.0.2", {"X-Forwarded-For": "unknown"}, False),
+    ("1", "10.0.0.2", {"X-Forwarded-For": "203.0.113.7:443"}, False),
+    ("1", "10.0.0.2", {"X-Real-IP": "203.0.113.7", "Forwarded": "for=203.0.113.7"}, False),
+    # Two trusted proxies: the second hop from the right; one hop is too few to believe.
+    ("2", "10.0.0.2", {"X-Forwarded-For": "203.0.113.7, 10.0.0.3"}, True),
+    ("2", "10.0.0.2", {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, False),
+    ("2", "10.0.0.2", {"X-Forwarded-For": "203.0.113.7"}, False),
+])
+def test_which_address_the_allow_list_judges(make_app, trusted, remote, forwarded, allowed):
+    wallet = allowed_wallet(make_app, TRUSTED_PROXIES=trusted)
+    before = wallet.books()
+    response = wallet.start(request={"environ_base": {"REMOTE_ADDR": remote}, "headers": forwarded})
+    if allowed:
+        assert (response.status_code, response.json) == (200, {"result": True})
+        assert wallet.balance() == "9.00"
+    else:
+        assert (response.status_code, response.json["error"]) == (403, "forbidden")
+        assert wallet.books() == before
+
+
+def test_an_allowed_address_still_needs_the_token(make_app):
+    wallet = allowed_wallet(make_app)
+    response = wallet.start(request={"environ_base": {"REMOTE_ADDR": "203.0.113.7"}, "token": "wrong"})
+    assert response.status_code == 403
+    assert wallet.balance() == "10.00"
+
+
+@pytest.mark.parametrize("url", [
+    f"/callback?token={CALLBACK_TOKEN}", f"/callback/{CALLBACK_TOKEN}/", f"/callback/{CALLBACK_TOKEN}/x",
+    f"/callback/%20{CALLBACK_TOKEN}", f"/callback/{CALLBACK_TOKEN}%00", f"/CALLBACK/{CALLBACK_TOKEN}",
+], ids=["query-string", "trailing-slash", "sub-path", "leading-space", "trailing-nul", "path-case"])
+def test_the_token_counts_only_as_the_exact_path_segment(wallet, url):
+    wallet.deposit("10.00")
+    before = wallet.books()
+    response = wallet.client.post(url, json=body(START))
+    assert response.status_code in (403, 404) and response.json["error"] in ("forbidden", "not_found")
+    assert wallet.books() == before
+    assert audit(wallet.app.config["DATABASE_PATH"]) == []
+
+
+@pytest.mark.parametrize("request_args", [
+    ("POST", "/api/players/player-42/withdrawals", {"json": {"currency": "USD", "amount": "1", "reference": "w"}}),
+    ("POST", "/api/games/g-1/refund", {}),
+    ("GET", "/api/players/player-42/balances/USD", {}),
+    ("GET", "/api/players/player-42/ledger", {}),
+    ("GET", "/api/callbacks", {}),
+    ("GET", "/api/reconcile", {}),
+], ids=lambda args: f"{args[0]} {args[1]}")
+@pytest.mark.parametrize(
+    "header", [None, f"Bearer {ADMIN_TOKEN[:-1]}", f"Bearer {CALLBACK_TOKEN}", f"Basic {ADMIN_TOKEN}"],
+    ids=["missing", "truncated", "callback-token", "basic"],
+)
+def test_every_operator_endpoint_needs_the_admin_token(wallet, request_args, header):
+    wallet.deposit("10.00")
+    assert wallet.start().json == {"result": True}  # an open game a refund could return
+    before = wallet.books()
+    method, url, kwargs = request_args
+    headers = {} if header is None else {"Authorization": header}
+    response = wallet.client.open(url, method=method, headers=headers, **kwargs)
+    assert (response.status_code, response.json["error"]) == (401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert wallet.books() == before
