@@ -27,7 +27,9 @@ def connect(path, synchronous="FULL"):
     _enable_wal(conn)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
-    return sqlite_utils.Database(conn, execute_plugins=False)
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    db.fixed_decimals = {}  # currency -> decimals once read from `currencies`, see wallet.py
+    return db
 
 
 def _enable_wal(conn):
@@ -61,6 +63,7 @@ def transaction(db):
         yield db
     except BaseException:
         db.conn.execute("ROLLBACK")
+        db.fixed_decimals.clear()  # it may hold a currency this transaction inserted
         raise
     db.conn.execute("COMMIT")
 

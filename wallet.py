@@ -52,11 +52,17 @@ def currency_decimals(currency):
     """Return a currency's decimals: as fixed in the database at its first deposit, else
     CURRENCY_DECIMALS, else 8. Balances are stored in minor units, so once a currency holds
     money its decimals never change (a CLI run without the server's environment included).
+    Because they never change, a connection remembers them once read: a callback needs them
+    several times (rounding, checking, formatting) and need not ask the database each time.
     """
-    row = get_db().execute("SELECT decimals FROM currencies WHERE currency = ?", [currency]).fetchone()
-    if row is not None:
-        return row[0]
-    return current_app.config["CURRENCY_DECIMALS"].get(currency, DEFAULT_DECIMALS)
+    db = get_db()
+    fixed = db.fixed_decimals
+    if currency not in fixed:
+        row = db.execute("SELECT decimals FROM currencies WHERE currency = ?", [currency]).fetchone()
+        if row is None:
+            return current_app.config["CURRENCY_DECIMALS"].get(currency, DEFAULT_DECIMALS)
+        fixed[currency] = row[0]
+    return fixed[currency]
 
 
 def check_currency_decimals(db):
@@ -107,9 +113,9 @@ def show_in_ms(delay_ms, callback_ms, received_ms, now):
 def _minor_or_invalid(amount, currency, *path):
     """Round an amount to minor units; one that rounds to 0, or beyond MAX_MINOR, is invalid."""
     minor = to_minor(amount, currency)
-    places = currency_decimals(currency)
     if 0 < minor <= MAX_MINOR:
         return minor
+    places = currency_decimals(currency)
     if minor <= 0:
         problem = f"Rounds to 0 in {currency} ({places} decimals)."
     else:

@@ -69,3 +69,12 @@ def test_a_currency_keeps_its_decimals_when_the_setting_is_absent(make_app, wall
     result = other.test_cli_runner().invoke(args=["wallet", "deposit", "player-42", "USD", "0.015"])
     assert result.exit_code == 0, result.output
     assert wallet.balance() == "10.02"
+
+
+def test_a_refused_first_deposit_does_not_fix_the_currencys_decimals(make_app, wallet):
+    """A connection remembers decimals read from the database, but not from a rolled-back insert."""
+    assert wallet.deposit("0.001").status_code == 400  # rounds to 0 USD cents: refused
+    other = make_app(CURRENCY_DECIMALS="")  # another process fixes USD at 8 decimals first
+    result = other.test_cli_runner().invoke(args=["wallet", "deposit", "player-42", "USD", "0.00000001"])
+    assert result.exit_code == 0, result.output
+    assert wallet.balance() == "0.00000001"
