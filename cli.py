@@ -3,6 +3,7 @@
 import decimal
 import json
 import os
+import sqlite3
 import uuid
 
 import click
@@ -16,7 +17,7 @@ import schemas
 import wallet
 from errors import ApiError
 
-wallet_cli = AppGroup("wallet", help="Deposit, withdraw and read balances.")
+wallet_cli = AppGroup("wallet", help="Move and read money, refund stuck bets, reconcile, list history, back up.")
 
 
 def _echo(data):
@@ -214,5 +215,9 @@ def backup(path):
     """Write an online, consistent copy of the database to PATH (never overwrites)."""
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists; choose a new file name")
-    db.backup(db.get_db(), path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        db.backup(db.get_db(), path)
+    except (OSError, sqlite3.Error) as exc:  # e.g. a full disk or a directory we may not write to
+        raise click.ClickException(f"cannot write {path}: {exc}") from None
     click.echo(f"backed up {current_app.config['DATABASE_PATH']} to {path}")

@@ -278,6 +278,18 @@ def test_backup_is_a_consistent_copy_and_never_overwrites(runner, wallet, tmp_pa
     assert again.exit_code == 1 and "exists" in again.output
 
 
+def test_backup_creates_its_directory_and_reports_what_it_cannot_write(runner, wallet, tmp_path):
+    play_a_little(wallet)
+    target = tmp_path / "backups" / "daily" / "wallet.db"
+    result = runner.invoke(args=["wallet", "backup", str(target)])
+    assert result.exit_code == 0, result.output
+    assert books(str(target)) == wallet.books()
+    (tmp_path / "a-file").write_text("")
+    denied = runner.invoke(args=["wallet", "backup", str(tmp_path / "a-file" / "wallet.db")])
+    assert denied.exit_code == 1 and "cannot write" in denied.output, denied.output
+    assert not isinstance(denied.exception, OSError)  # a clear message, not a traceback
+
+
 # --- against a live gunicorn, while callbacks flow -------------------------------------------
 
 
