@@ -159,6 +159,9 @@ def _print_items(items, columns, as_json, document):
     if as_json:
         _echo(document)
         return
+    if not items:
+        click.echo("nothing found")
+        return
     rows = [[("" if item[column] is None else str(item[column])) for column in columns] for item in items]
     widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
     for row in [list(columns)] + rows:

@@ -100,7 +100,7 @@ def test_stale_lists_and_refund_stale_refunds_old_open_bets(runner, wallet):
     assert done.exit_code == 0 and "total refunded: 2 bet(s), 2.00 USD" in done.output
     assert wallet.balance() == "8.00"
     none = runner.invoke(args=["wallet", "stale", "--older-than", "3600"])
-    assert none.exit_code == 0
+    assert (none.exit_code, none.output) == (0, "nothing found\n")
     again = runner.invoke(args=["wallet", "refund-stale", "--older-than", "3600"])
     assert again.exit_code == 0 and "nothing" in again.output
 
