@@ -42,12 +42,14 @@ def _enable_wal(conn):
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     while True:
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.005)
+    if mode.lower() != "wal":  # SQLite keeps the old mode where WAL is impossible
+        raise RuntimeError(f"SQLite could not switch the database to WAL mode (it stays {mode!r})")
 
 
 @contextlib.contextmanager
@@ -61,11 +63,14 @@ def transaction(db):
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
+        db.conn.execute("COMMIT")
     except BaseException:
-        db.conn.execute("ROLLBACK")
-        db.fixed_decimals.clear()  # it may hold a currency this transaction inserted
+        # Whatever failed (the block, the commit, or SQLite rolling back on its own after a
+        # full disk), forget decimals read in it: they may be this transaction's own insert.
+        db.fixed_decimals.clear()
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
         raise
-    db.conn.execute("COMMIT")
 
 
 def create_schema(db):
@@ -193,6 +198,7 @@ def release_db(exc=None):
     """Never leave a transaction open on a reused connection after a request."""
     db = getattr(current_app.extensions["wallet_db"]["local"], "db", None)
     if db is not None and db.conn.in_transaction:
+        db.fixed_decimals.clear()
         db.conn.execute("ROLLBACK")
 
 

@@ -78,3 +78,18 @@ def test_a_refused_first_deposit_does_not_fix_the_currencys_decimals(make_app, w
     result = other.test_cli_runner().invoke(args=["wallet", "deposit", "player-42", "USD", "0.00000001"])
     assert result.exit_code == 0, result.output
     assert wallet.balance() == "0.00000001"
+
+
+def test_a_first_deposit_sqlite_rolled_back_itself_does_not_fix_the_currencys_decimals(make_app, wallet):
+    """After an error SQLite answers by rolling back on its own (a full disk, an I/O error),
+    the connection must forget the decimals it read in that transaction too."""
+    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:  # fault injection
+        conn.execute("CREATE TRIGGER fail BEFORE INSERT ON operations BEGIN SELECT RAISE(ROLLBACK, 'disk full'); END")
+    response = wallet.deposit("1.00")
+    assert response.status_code == 500 and response.json["error"] == "internal_error"
+    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:
+        conn.execute("DROP TRIGGER fail")
+    other = make_app(CURRENCY_DECIMALS="")  # another process fixes USD at 8 decimals first
+    result = other.test_cli_runner().invoke(args=["wallet", "deposit", "player-42", "USD", "0.00000001"])
+    assert result.exit_code == 0, result.output
+    assert wallet.balance() == "0.00000001"
