@@ -10,6 +10,7 @@ import itertools
 import json
 
 from errors import ApiError
+from schemas import storable
 from wallet import game_view, iso, to_text, win_credit
 
 
@@ -27,8 +28,8 @@ def decode_cursor(cursor, types):
         for part in key:
             if type(part) is int and not -(2**63) <= part < 2**63:
                 raise ValueError  # SQLite's integers are 64-bit
-            if type(part) is str:
-                part.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
+            if type(part) is str and not storable(part):
+                raise ValueError
         return key
     except (ValueError, UnicodeError, RecursionError):
         raise ApiError(400, "validation_error", "Invalid cursor.", {"cursor": ["Invalid cursor."]}) from None

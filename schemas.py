@@ -71,11 +71,18 @@ def _check_tree(payload):
             if isinstance(value, dict):
                 stack.extend((key, depth) for key in value)
             stack.extend((item, depth + 1) for item in items)
-        elif isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff).") from None
+        elif isinstance(value, str) and not storable(value):
+            raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff).")
+
+
+def storable(text):
+    """Whether SQLite can store the text: one holding a lone surrogate (a JSON "\\ud800"
+    escape, or a command-line argument that was not UTF-8) cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Amount(fields.Field):
@@ -105,12 +112,17 @@ class Text(fields.String):
     """A non-blank string of at most 255 characters."""
 
     def __init__(self, **kwargs):
-        super().__init__(validate=[validate.Length(min=1, max=255), _not_blank], **kwargs)
+        super().__init__(validate=[validate.Length(min=1, max=255), _not_blank, _storable], **kwargs)
 
 
 def _not_blank(value):
     if not value.strip():
         raise ValidationError("Must not be blank.")
+
+
+def _storable(value):
+    if not storable(value):
+        raise ValidationError("Must be valid Unicode text.")
 
 
 class TextOrInteger(Text):

@@ -43,3 +43,12 @@ def test_refusals_exit_non_zero_and_move_nothing(runner, wallet):
         result = runner.invoke(args=args)
         assert result.exit_code == 1 and "Error:" in result.output, (args, result.output)
     assert wallet.books() == before
+
+
+def test_an_argument_that_was_not_utf8_is_refused(runner, wallet):
+    # Python turns an undecodable argv byte into a lone surrogate, which SQLite cannot store.
+    for args in (["player-\udcff", "USD", "1"], ["player-42", "US\udcff", "1"],
+                 ["player-42", "USD", "1", "--reference", "r-\udcff"]):
+        result = runner.invoke(args=["wallet", "deposit", *args])
+        assert result.exit_code == 1 and "Must be valid Unicode text" in result.output, result.output
+    assert wallet.books()["wallets"] == {}
