@@ -166,8 +166,9 @@ class Gunicorn:
     # --- health ----------------------------------------------------------------------------
 
     def serving_pids(self):
-        """Ids of the workers that answered requests since start(), from the access log."""
-        return {line.split()[0] for line in self.access_log.read_text().splitlines() if line.strip()}
+        """Ids of the workers that answered callbacks since start(), from the access log."""
+        return {line.split()[0] for line in self.access_log.read_text().splitlines()
+                if line.split()[3:4] and line.split()[3].startswith("/callback")}
 
     def assert_healthy(self):
         """The master and every worker it started are alive, and nothing crashed."""
