@@ -1,8 +1,8 @@
 """Load benchmark of the provider callbacks (`start` / `finish`) against a real gunicorn.
 
 Run it with the interpreter that has the service's requirements (`pip install -r
-requirements.txt`); the script itself needs only the standard library, starts gunicorn and
-the Flask CLI with that interpreter and works from any directory::
+requirements.txt`): it starts gunicorn and the Flask CLI with that interpreter, reads the
+service's setting names from app.py, and works from any directory::
 
     .venv/bin/python bench/callbacks.py                               # 10 s on an empty database
     .venv/bin/python bench/callbacks.py --games-preloaded 1000000     # empty vs 1M settled games
@@ -57,6 +57,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from app import ENVIRONMENT  # noqa: E402  (the service's settings: none may leak in)
 CALLBACK_TOKEN = "bench-callback-token-7f3a9c"
 ADMIN_TOKEN = "bench-admin-token-2b8e41"
 DEPOSIT = "1000000.00"
@@ -94,9 +96,7 @@ def log(*parts):
 
 def server_env(db_path, synchronous, port=None, workers=None):
     """The service's environment: the machine's, minus anything that would configure it."""
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "DATABASE_PATH", "CALLBACK_TOKEN", "CALLBACK_ALLOWED_IPS", "TRUSTED_PROXIES", "ADMIN_TOKEN",
-        "CURRENCY_DECIMALS", "SQLITE_SYNCHRONOUS", "LOG_LEVEL", "GUNICORN_CMD_ARGS", "FLASK_APP")}
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT + ("GUNICORN_CMD_ARGS", "FLASK_APP")}
     env.update(
         DATABASE_PATH=str(db_path),
         CALLBACK_TOKEN=CALLBACK_TOKEN,
@@ -299,7 +299,8 @@ class Server:
             timer = "time.process_time" if profile_clock == "cpu" else "time.perf_counter"
             config.write_text(PROFILE_CONFIG % (timer, str(profile_dir)))
             command += ["-c", str(config)]
-        command += [*extra_args, "app:create_app()"]
+        # The Procfile's command, bound to loopback only: the bench's tokens are in this file.
+        command += ["--bind", f"127.0.0.1:{self.port}", *extra_args, "app:create_app()"]
         self.log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
