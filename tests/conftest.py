@@ -89,6 +89,31 @@ def body(template, **changes):
 
 
 DELETE = object()
+
+
+class Raw(str):
+    """Literal JSON text, written as is by dumps(): 2.675 exactly, NaN, 1e400, deep nesting..."""
+
+    def __repr__(self):
+        return f"Raw({str(self)[:40]!r}{'...' if len(self) > 40 else ''})"
+
+
+class Pairs(tuple):
+    """A JSON object written from (key, value) pairs, so a key may appear twice."""
+
+
+def dumps(value):
+    """Serialise a value that may hold Raw literals and Pairs objects."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, (dict, Pairs)):
+        items = value.items() if isinstance(value, dict) else value
+        return "{" + ", ".join(f"{json.dumps(key)}: {dumps(item)}" for key, item in items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(dumps(item) for item in value) + "]"
+    return json.dumps(value)
+
+
 _references = itertools.count(1)
 
 

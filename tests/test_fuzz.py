@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Wallet, body
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Pairs, Raw, Wallet, body, dumps
 
 SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=SLOW_IS_FINE)
@@ -39,29 +39,6 @@ def fresh(prefix):
 
 
 # --- writing JSON the way an attacker would --------------------------------------------------
-
-
-class Raw(str):
-    """Literal JSON text, written as is: NaN, 1e400, 10^30, deep nesting..."""
-
-    def __repr__(self):
-        return f"Raw({str(self)[:40]!r}{'...' if len(self) > 40 else ''})"
-
-
-class Pairs(tuple):
-    """A JSON object written from (key, value) pairs, so a key may appear twice."""
-
-
-def dumps(value):
-    """Serialise a value that may hold Raw literals and Pairs objects."""
-    if isinstance(value, Raw):
-        return str(value)
-    if isinstance(value, (dict, Pairs)):
-        items = value.items() if isinstance(value, dict) else value
-        return "{" + ", ".join(f"{json.dumps(key)}: {dumps(item)}" for key, item in items) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(dumps(item) for item in value) + "]"
-    return json.dumps(value)
 
 
 def nested(depth, kind):
