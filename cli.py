@@ -17,6 +17,19 @@ import schemas
 import wallet
 from errors import ApiError
 
+class _Text(click.ParamType):
+    """A command-line string SQLite can store: an argument that was not UTF-8 cannot be."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not schemas.storable(value):
+            self.fail(f"{value!r} is not valid UTF-8 text", param, ctx)
+        return value
+
+
+TEXT = _Text()
+
 wallet_cli = AppGroup("wallet", help="Move and read money, refund stuck bets, reconcile, list history, back up.")
 
 
@@ -40,10 +53,10 @@ def _move(kind, player, currency, amount, reference):
 
 def _movement_command(name, kind, help_text):
     @wallet_cli.command(name, help=help_text)
-    @click.argument("player")
-    @click.argument("currency")
+    @click.argument("player", type=TEXT)
+    @click.argument("currency", type=TEXT)
     @click.argument("amount")
-    @click.option("--reference", help="Idempotency key; a repeat with the same one moves nothing.")
+    @click.option("--reference", type=TEXT, help="Idempotency key; a repeat with the same one moves nothing.")
     def command(player, currency, amount, reference):
         _move(kind, player, currency, amount, reference)
 
@@ -57,8 +70,8 @@ withdraw = _movement_command(
 
 
 @wallet_cli.command("balance")
-@click.argument("player")
-@click.argument("currency", required=False)
+@click.argument("player", type=TEXT)
+@click.argument("currency", required=False, type=TEXT)
 def balance(player, currency):
     """Show PLAYER's wallet in CURRENCY, or in every currency."""
     if currency is None:
@@ -80,7 +93,7 @@ def _fail_on_api_error(call, *args, **kwargs):
 
 
 @wallet_cli.command("refund")
-@click.argument("game_id")
+@click.argument("game_id", type=TEXT)
 def refund(game_id):
     """Return GAME_ID's stake to its wallet (a bet whose finish never came)."""
     _status, body = _fail_on_api_error(wallet.refund_game, db.get_db(), game_id)
@@ -184,7 +197,7 @@ def _print_page(query_schema, list_items, key, columns, as_json, options, *argum
 
 
 @wallet_cli.command("games")
-@click.option("--player", "player_id")
+@click.option("--player", "player_id", type=TEXT)
 @click.option("--status", type=click.Choice(["open", "won", "lost", "refunded", "declined"]))
 @click.option("--since", help="ISO 8601 time or epoch milliseconds.")
 @_page_options
@@ -194,8 +207,8 @@ def games(as_json, **query):
 
 
 @wallet_cli.command("ledger")
-@click.argument("player_id")
-@click.option("--currency")
+@click.argument("player_id", type=TEXT)
+@click.option("--currency", type=TEXT)
 @_page_options
 def ledger(player_id, as_json, **query):
     """List PLAYER_ID's ledger rows, newest first."""
@@ -204,8 +217,8 @@ def ledger(player_id, as_json, **query):
 
 @wallet_cli.command("callbacks")
 @click.option("--outcome", type=click.Choice(["accepted", "declined", "duplicate", "conflict", "invalid", "ignored"]))
-@click.option("--type")
-@click.option("--game-id")
+@click.option("--type", type=TEXT)
+@click.option("--game-id", type=TEXT)
 @_page_options
 def callbacks(as_json, **query):
     """List the callbacks received (the audit log), newest first."""

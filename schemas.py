@@ -77,7 +77,8 @@ def _check_tree(payload):
 
 def storable(text):
     """Whether SQLite can store the text: one holding a lone surrogate (a JSON "\\ud800"
-    escape, or a command-line argument that was not UTF-8) cannot be encoded."""
+    escape, or a command-line argument that was not UTF-8) cannot be encoded. Checked where
+    text comes in: JSON bodies, cursors and the CLI's arguments."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -112,17 +113,12 @@ class Text(fields.String):
     """A non-blank string of at most 255 characters."""
 
     def __init__(self, **kwargs):
-        super().__init__(validate=[validate.Length(min=1, max=255), _not_blank, _storable], **kwargs)
+        super().__init__(validate=[validate.Length(min=1, max=255), _not_blank], **kwargs)
 
 
 def _not_blank(value):
     if not value.strip():
         raise ValidationError("Must not be blank.")
-
-
-def _storable(value):
-    if not storable(value):
-        raise ValidationError("Must be valid Unicode text.")
 
 
 class TextOrInteger(Text):

@@ -47,8 +47,10 @@ def test_refusals_exit_non_zero_and_move_nothing(runner, wallet):
 
 def test_an_argument_that_was_not_utf8_is_refused(runner, wallet):
     # Python turns an undecodable argv byte into a lone surrogate, which SQLite cannot store.
-    for args in (["player-\udcff", "USD", "1"], ["player-42", "US\udcff", "1"],
-                 ["player-42", "USD", "1", "--reference", "r-\udcff"]):
-        result = runner.invoke(args=["wallet", "deposit", *args])
-        assert result.exit_code == 1 and "Must be valid Unicode text" in result.output, result.output
+    for args in (["deposit", "player-\udcff", "USD", "1"], ["deposit", "player-42", "US\udcff", "1"],
+                 ["deposit", "player-42", "USD", "1", "--reference", "r-\udcff"],
+                 ["balance", "player-\udcff"], ["refund", "g-\udcff"], ["ledger", "player-\udcff"],
+                 ["games", "--player", "p-\udcff"], ["callbacks", "--game-id", "g-\udcff"]):
+        result = runner.invoke(args=["wallet", *args])
+        assert result.exit_code == 2 and "is not valid UTF-8 text" in result.output, (args, result.output)
     assert wallet.books()["wallets"] == {}
