@@ -338,10 +338,12 @@ def refund_game(db, game_id):
         if game["status"] != "open":
             raise ApiError(409, "conflict", f"Game {game_id!r} is already settled ({game['status']}); it cannot be refunded.")
         _move(db, game["wallet_id"], game["bet"], "refund", now, game_id=game_id)
-        db.execute("UPDATE games SET status = 'refunded', refunded_at = ? WHERE game_id = ?", [now, game_id])
-        refunded = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()
+        refunded = {**dict(game), "status": "refunded", "refunded_at": now}
         body = {"game": game_view(refunded), "wallet": wallet_view(db, game["player_id"], game["currency"], now)}
-        db.execute("UPDATE games SET refund_response = ? WHERE game_id = ?", [json.dumps(body), game_id])
+        db.execute(
+            "UPDATE games SET status = 'refunded', refunded_at = ?, refund_response = ? WHERE game_id = ?",
+            [now, json.dumps(body), game_id],
+        )
     return 200, body
 
 
