@@ -147,7 +147,6 @@ def game_detail(db, game_id):
 
 # --- reconciliation ---------------------------------------------------------------------
 
-KINDS = ("deposit", "withdrawal", "bet", "payout", "refund")
 TOTALS = {"deposit": "deposited", "withdrawal": "withdrawn", "bet": "staked", "payout": "paid_out", "refund": "refunded"}
 
 

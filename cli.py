@@ -17,6 +17,7 @@ import schemas
 import wallet
 from errors import ApiError
 
+
 class _Text(click.ParamType):
     """A command-line string SQLite can store: an argument that was not UTF-8 cannot be."""
 
@@ -198,7 +199,7 @@ def _print_page(query_schema, list_items, key, columns, as_json, options, *argum
 
 @wallet_cli.command("games")
 @click.option("--player", "player_id", type=TEXT)
-@click.option("--status", type=click.Choice(["open", "won", "lost", "refunded", "declined"]))
+@click.option("--status", type=click.Choice(schemas.GAME_STATUSES))
 @click.option("--since", help="ISO 8601 time or epoch milliseconds.")
 @_page_options
 def games(as_json, **query):
@@ -216,7 +217,7 @@ def ledger(player_id, as_json, **query):
 
 
 @wallet_cli.command("callbacks")
-@click.option("--outcome", type=click.Choice(["accepted", "declined", "duplicate", "conflict", "invalid", "ignored"]))
+@click.option("--outcome", type=click.Choice(schemas.CALLBACK_OUTCOMES))
 @click.option("--type", type=TEXT)
 @click.option("--game-id", type=TEXT)
 @_page_options

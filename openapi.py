@@ -44,7 +44,7 @@ class BalancesSchema(Schema):
 
 class GameViewSchema(Schema):
     game_id = fields.String(required=True)
-    status = fields.String(required=True, metadata={"enum": ["declined", "open", "won", "lost", "refunded"]})
+    status = fields.String(required=True, metadata={"enum": list(schemas.GAME_STATUSES)})
     player_id = fields.String(required=True)
     currency = fields.String(required=True)
     game_name = fields.String(allow_none=True)
@@ -80,7 +80,7 @@ class CallbackRecordSchema(Schema):
     type = fields.String(allow_none=True)
     game_id = fields.String(allow_none=True)
     player_id = fields.String(allow_none=True)
-    outcome = fields.String(required=True)
+    outcome = fields.String(required=True, metadata={"enum": list(schemas.CALLBACK_OUTCOMES)})
     reason = fields.String(allow_none=True)
     status_code = fields.Integer(required=True)
     response = fields.String(allow_none=True, metadata={"description": "The body answered."})

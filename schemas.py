@@ -16,6 +16,8 @@ MAX_EPOCH_MS = 10**14  # far beyond any real clock; keeps stored values sane
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 EPOCH_DIGITS = re.compile(r"[0-9]{1,15}")  # epoch milliseconds in a query string; ASCII digits only
 MAX_DEPTH = 64  # objects and arrays inside each other; a callback needs 3
+GAME_STATUSES = ("open", "won", "lost", "refunded", "declined")
+CALLBACK_OUTCOMES = ("accepted", "declined", "duplicate", "conflict", "invalid", "ignored")
 
 
 def _reject_constant(name):
@@ -67,10 +69,10 @@ def _check_tree(payload):
         if isinstance(value, (dict, list)):
             if depth >= MAX_DEPTH:
                 raise ApiError(400, "malformed_json", f"The JSON is nested more than {MAX_DEPTH} deep.")
-            items = value.values() if isinstance(value, dict) else value
             if isinstance(value, dict):
                 stack.extend((key, depth) for key in value)
-            stack.extend((item, depth + 1) for item in items)
+                value = value.values()
+            stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, str) and not storable(value):
             raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff).")
 
@@ -258,7 +260,7 @@ class _Page(Schema):
 class GamesQuery(_Page):
     player_id = Text(load_default=None)
     status = fields.String(
-        load_default=None, validate=validate.OneOf(["open", "won", "lost", "refunded", "declined"])
+        load_default=None, validate=validate.OneOf(GAME_STATUSES)
     )
     since = Since(load_default=None)
 
@@ -270,7 +272,7 @@ class LedgerQuery(_Page):
 class CallbacksQuery(_Page):
     outcome = fields.String(
         load_default=None,
-        validate=validate.OneOf(["accepted", "declined", "duplicate", "conflict", "invalid", "ignored"]),
+        validate=validate.OneOf(CALLBACK_OUTCOMES),
     )
     type = Text(load_default=None)
     game_id = Text(load_default=None)
