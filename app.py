@@ -1,8 +1,8 @@
 """The callback wallet: create_app() reads its configuration from the environment."""
 
 import os
-import sqlite3
 
+import click
 from flask import Flask, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -16,6 +16,7 @@ import simulator
 import wallet
 
 ENVIRONMENT = (
+    "DATABASE_URL",
     "DATABASE_PATH",
     "CALLBACK_TOKEN",
     "CALLBACK_ALLOWED_IPS",
@@ -32,6 +33,7 @@ def create_app(test_config=None):
     app = Flask(__name__, instance_relative_config=True)
     app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
     app.config.from_mapping(
+        DATABASE_URL=None,
         DATABASE_PATH=os.path.join(app.instance_path, "wallet.db"),
         CALLBACK_TOKEN=None,
         CALLBACK_ALLOWED_IPS="",
@@ -48,10 +50,8 @@ def create_app(test_config=None):
     _normalise_config(app)
     _configure_logging(app)
 
-    db.init_app(app)
-    with app.app_context():
-        wallet.check_currency_decimals(db.get_db())
     errors.register(app)
+    db.init_app(app, create=_serving())
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
@@ -64,10 +64,10 @@ def create_app(test_config=None):
     def healthz():
         """Report healthy only after a real round-trip to the database."""
         try:
-            db.get_db().execute("SELECT count(*) FROM wallets WHERE id = 0").fetchone()
-        except sqlite3.Error as exc:
-            app.logger.error("health check failed: %s", exc)
-            return jsonify({"status": "unavailable", "error": "database_unavailable"}), 503
+            db.get_db().ping()
+        except db.DatabaseUnavailable as exc:
+            db.unavailable(exc)
+            return jsonify({"status": "unavailable", "error": "database_unavailable", "message": str(exc)}), 503
         return jsonify({"status": "ok"})
 
     if app.config["CALLBACK_TOKEN"] is None:
@@ -78,10 +78,17 @@ def create_app(test_config=None):
     return app
 
 
+def _serving():
+    """Whether the app is made to serve (gunicorn, `flask run`, the tests) rather than for
+    another `flask` command: a command must not create a database it was pointed at by mistake."""
+    context = click.get_current_context(silent=True)
+    return context is None or context.info_name == "run"
+
+
 def _normalise_config(app):
     """Turn the environment's strings into checked values; refuse to start on a bad one."""
     config = app.config
-    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN"):
+    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "DATABASE_URL"):
         config[key] = (config[key] or "").strip() or None
     try:
         config["CURRENCY_DECIMALS"] = wallet.parse_currency_decimals(config["CURRENCY_DECIMALS"])
@@ -90,7 +97,7 @@ def _normalise_config(app):
         if config["TRUSTED_PROXIES"] < 0:
             raise ValueError("TRUSTED_PROXIES must be 0 or more")
     except ValueError as exc:
-        raise RuntimeError(f"invalid configuration: {exc}") from None
+        raise db.StartupError(f"invalid configuration: {exc}") from None
 
 
 def _configure_logging(app):

@@ -9,6 +9,7 @@ import decimal
 import itertools
 import json
 
+from db import TABLES
 from errors import ApiError
 from schemas import storable
 from wallet import game_view, iso, to_text, win_credit
@@ -150,37 +151,62 @@ def game_detail(db, game_id):
 TOTALS = {"deposit": "deposited", "withdrawal": "withdrawn", "bet": "staked", "payout": "paid_out", "refund": "refunded"}
 
 
+# SQLite's sum() of 64-bit integers fails once a total passes 2^63 (a currency's lifetime
+# turnover can), and PostgreSQL's would come back as NUMERIC: so every total here is summed
+# as its high and low 32 bits apart, each partial sum far inside 64 bits on either engine,
+# and Python adds the two exactly.
+SPLIT = 2**32
+
+
+def exact_sum(column):
+    """SQL for two columns whose `total()` is the exact sum of a 64-bit integer column."""
+    return f"sum({column} / {SPLIT}), sum({column} % {SPLIT})"
+
+
+def total(high, low):
+    """The exact sum from exact_sum's two partial sums (None when there were no rows)."""
+    return int(high or 0) * SPLIT + int(low or 0)
+
+
 def reconcile(db):
-    """Check the books; return a summary and every discrepancy (ok when there are none).
+    """Check the books, from one consistent snapshot; return a summary and every discrepancy
+    (ok when there are none).
 
     Every wallet equals the sum of its ledger and is not negative; every game's ledger rows
     match its state (declined: none; open: its bet; won/lost: bet and payout, the payout
     bet x multiplier on a win and 0 on a loss; refunded: bet and a refund cancelling it);
     no ledger row points at a missing game.
     """
+    with db.snapshot():
+        return _reconcile(db)
+
+
+def _reconcile(db):
     problems = []
-    wallets = db.execute(
-        "SELECT w.id, w.player_id, w.currency, w.balance, coalesce(sum(l.amount), 0) AS ledger_sum "
-        "FROM wallets w LEFT JOIN ledger l ON l.wallet_id = w.id GROUP BY w.id"
-    ).fetchall()
-    for w in wallets:
-        name = f"wallet {w['player_id']}/{w['currency']}"
-        if w["balance"] != w["ledger_sum"]:
-            problems.append(f"{name}: balance {w['balance']} != ledger sum {w['ledger_sum']} (minor units)")
-        if w["balance"] < 0:
-            problems.append(f"{name}: negative balance {w['balance']}")
+    wallets = 0
+    for w in db.stream(
+        f"SELECT w.id, w.player_id, w.currency, w.balance, {exact_sum('l.amount')} "
+        "FROM wallets w LEFT JOIN ledger l ON l.wallet_id = w.id GROUP BY w.id ORDER BY w.id"
+    ):
+        wallets += 1
+        name = f"wallet {w[1]}/{w[2]}"
+        ledger_sum = total(w[4], w[5])
+        if w[3] != ledger_sum:
+            problems.append(f"{name}: balance {w[3]} != ledger sum {ledger_sum} (minor units)")
+        if w[3] < 0:
+            problems.append(f"{name}: negative balance {w[3]}")
 
     # Walk games and the ledger's game rows side by side, both in game_id order: constant
     # memory however long the history.
     ledger = itertools.groupby(
-        db.execute(
+        db.stream(
             "SELECT game_id, kind, amount, wallet_id FROM ledger WHERE game_id IS NOT NULL ORDER BY game_id, id"
         ),
         key=lambda row: row["game_id"],
     )
     group = next(ledger, None)
     games_by_status = collections.Counter()
-    for game in db.execute("SELECT game_id, status, wallet_id, bet, payout FROM games ORDER BY game_id"):
+    for game in db.stream("SELECT game_id, status, wallet_id, bet, payout FROM games ORDER BY game_id"):
         games_by_status[game["status"]] += 1
         while group is not None and group[0] < game["game_id"]:
             problems.append(_orphans(*group))
@@ -206,17 +232,17 @@ def reconcile(db):
         problems.append(f"{row['n']} {row['kind']} ledger row(s) without their game id or reference")
 
     totals = collections.defaultdict(lambda: {label: 0 for label in TOTALS.values()})
-    for row in db.execute(
-        "SELECT w.currency, l.kind, sum(l.amount) AS total FROM ledger l JOIN wallets w ON w.id = l.wallet_id "
+    for currency, kind, high, low in db.execute(
+        f"SELECT w.currency, l.kind, {exact_sum('l.amount')} FROM ledger l JOIN wallets w ON w.id = l.wallet_id "
         "GROUP BY w.currency, l.kind"
-    ):
-        if row["kind"] not in TOTALS:
-            problems.append(f"ledger rows of unknown kind {row['kind']!r}")
+    ).fetchall():
+        if kind not in TOTALS:
+            problems.append(f"ledger rows of unknown kind {kind!r}")
             continue
-        totals[row["currency"]][TOTALS[row["kind"]]] += abs(row["total"])
+        totals[currency][TOTALS[kind]] += abs(total(high, low))
     return {
         "ok": not problems,
-        "wallets": len(wallets),
+        "wallets": wallets,
         "games": dict(sorted(games_by_status.items())),
         "totals": {
             currency: {label: to_text(amount, currency) for label, amount in sums.items()}
@@ -224,6 +250,19 @@ def reconcile(db):
         },
         "discrepancies": problems,
     }
+
+
+def summary(db):
+    """Row counts of every table and, per currency, the exact sums of the wallets' balances
+    and of their ledger rows: what must be equal on both sides of a copy. Read it inside
+    `db.snapshot()` (the copy's own, on the source)."""
+    rows = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES}
+    balances = {currency: total(high, low) for currency, high, low in db.execute(
+        f"SELECT currency, {exact_sum('balance')} FROM wallets GROUP BY currency ORDER BY currency")}
+    ledger = {currency: total(high, low) for currency, high, low in db.execute(
+        f"SELECT w.currency, {exact_sum('l.amount')} FROM ledger l JOIN wallets w ON w.id = l.wallet_id "
+        "GROUP BY w.currency ORDER BY w.currency")}
+    return {"rows": rows, "balances": balances, "ledger": ledger}
 
 
 def _orphans(game_id, rows):

@@ -7,9 +7,10 @@ import time
 
 from flask import Blueprint, current_app, g, jsonify, request
 
+import db
 import schemas
 import wallet
-from db import get_db
+from db import DatabaseUnavailable, get_db
 from errors import ApiError
 
 bp = Blueprint("callbacks", __name__)
@@ -77,11 +78,17 @@ def audit_and_log(response):
     """Keep every refused callback in the audit (settled ones were kept with their movement)."""
     audit = g.get("audit")
     if audit is not None and "outcome" not in audit:
-        reason = (response.get_json(silent=True) or {}).get("message") or response.status
+        answer = response.get_json(silent=True) or {}
         outcome = "invalid" if response.status_code < 500 else "error"
         audit["outcome"] = outcome
-        result = wallet.Outcome(response.status_code, {}, outcome, reason)
-        wallet.record_callback(get_db(), audit, result, response.get_data(as_text=True))
+        if answer.get("error") == "database_unavailable":
+            audit["outcome"] = "unavailable"  # nothing can be written; the provider retries
+        else:
+            result = wallet.Outcome(response.status_code, {}, outcome, answer.get("message") or response.status)
+            try:
+                wallet.record_callback(get_db(), audit, result, response.get_data(as_text=True))
+            except DatabaseUnavailable as exc:  # went away between the answer and its audit
+                db.unavailable(exc)
     started = g.get("started")
     if started is not None:
         audit = audit or {}

@@ -1,13 +1,18 @@
-"""`flask --app app wallet ...`: the operator API's deposits, withdrawals and balances from a shell."""
+"""`flask --app app wallet ...`: the operator API's deposits, withdrawals and balances from a shell.
 
+Exit codes, the same for every command: 0 done; 1 failed (it could not be done: refused
+input, no database, the database unavailable); 2 a usage error (click's own); 3 done, and
+found a problem (the books do not balance, a copy differs from its source).
+"""
+
+import contextlib
 import decimal
 import json
 import os
-import sqlite3
+import sys
 import uuid
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
@@ -31,7 +36,22 @@ class _Text(click.ParamType):
 
 TEXT = _Text()
 
-wallet_cli = AppGroup("wallet", help="Move and read money, refund stuck bets, reconcile, list history, back up.")
+EXIT_PROBLEM = 3
+
+
+class _WalletGroup(AppGroup):
+    """The `wallet` commands; a database that is away is one line and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except db.DatabaseUnavailable as exc:
+            raise click.ClickException(f"the database is unavailable: {exc}") from None
+
+
+wallet_cli = _WalletGroup(
+    "wallet", help="Move and read money, refund stuck bets, reconcile, list history, back up, copy the books."
+)
 
 
 def _echo(data):
@@ -147,7 +167,7 @@ def refund_stale(older_than, dry_run):
 @wallet_cli.command("reconcile")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def reconcile(as_json):
-    """Check that the books balance; exit 1 if they do not."""
+    """Check that the books balance; exit 3 if they do not (1 if they could not be checked)."""
     report = books.reconcile(db.get_db())
     if as_json:
         _echo(report)
@@ -160,7 +180,7 @@ def reconcile(as_json):
             click.echo(f"DISCREPANCY: {problem}")
         click.echo("the books balance" if report["ok"] else f"{len(report['discrepancies'])} discrepancies")
     if not report["ok"]:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_PROBLEM)
 
 
 GAME_COLUMNS = ("game_id", "status", "player_id", "currency", "bet", "payout", "credit", "started_at")
@@ -229,12 +249,87 @@ def callbacks(as_json, **query):
 @wallet_cli.command("backup")
 @click.argument("path", type=click.Path(dir_okay=False))
 def backup(path):
-    """Write an online, consistent copy of the database to PATH (never overwrites)."""
+    """Write an online, consistent copy of the books to a new SQLite file at PATH (never overwrites)."""
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists; choose a new file name")
+    store = db.get_db()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        db.backup(db.get_db(), path)
-    except (OSError, sqlite3.Error) as exc:  # e.g. a full disk or a directory we may not write to
+        store.backup(path)
+    except (OSError, db.DatabaseUnavailable) as exc:  # e.g. a full disk or a directory we may not write to
+        with contextlib.suppress(OSError):
+            os.remove(path)
         raise click.ClickException(f"cannot write {path}: {exc}") from None
-    click.echo(f"backed up {current_app.config['DATABASE_PATH']} to {path}")
+    click.echo(f"backed up {store.label} to {path}")
+
+
+@wallet_cli.command("copy")
+@click.argument("target")
+def copy(target):
+    """Copy the whole books into an empty TARGET: a PostgreSQL URL or a new SQLite file path.
+
+    The copy is one consistent snapshot of the configured books, written in one transaction;
+    then both sides are compared (rows per table, per-currency sums of balances and ledger)
+    and the target reconciled. Exit 3 if anything differs.
+    """
+    source = db.get_db()
+    if not _is_url(target) and os.path.exists(target):
+        raise click.ClickException(f"{target} exists; copy into a new SQLite file or an empty PostgreSQL database")
+    try:
+        destination = db.open_store(target)
+    except db.DatabaseUnavailable as exc:
+        raise click.ClickException(f"cannot reach {target if not _is_url(target) else 'the target'}: {exc}") from None
+    try:
+        with source.snapshot():
+            copied = db.copy_books(source, destination, _progress("copying"))
+            expected = books.summary(source)
+        with destination.snapshot():
+            found = books.summary(destination)
+        report = books.reconcile(destination)
+    finally:
+        destination.close()
+    problems = _print_copy(source.label, destination.label, copied, expected, found, report)
+    if problems:
+        click.echo(f"the copy differs from its source: {problems} problem(s)")
+        raise SystemExit(EXIT_PROBLEM)
+    click.echo(f"copied and checked: {destination.label} holds the same books and they balance")
+
+
+def _is_url(text):
+    return "://" in text
+
+
+def _print_copy(source, destination, copied, expected, found, report):
+    """Print what was copied and compared; return how many things differ."""
+    problems = 0
+    click.echo(f"from {source}")
+    click.echo(f"to   {destination}")
+    for table, count in copied.items():
+        same = expected["rows"][table] == found["rows"][table] == count
+        problems += not same
+        click.echo(f"{table:<11} source {expected['rows'][table]:>12,}  target {found['rows'][table]:>12,}"
+                   + ("" if same else "  DIFFERS"))
+    for label in ("balances", "ledger"):
+        for currency in sorted(set(expected[label]) | set(found[label])):
+            left, right = expected[label].get(currency), found[label].get(currency)
+            problems += left != right
+            click.echo(f"{currency} sum of {label}: source {left} target {right} (minor units)"
+                       + ("" if left == right else "  DIFFERS"))
+    for problem in report["discrepancies"]:
+        click.echo(f"DISCREPANCY in the target: {problem}")
+    return problems + len(report["discrepancies"])
+
+
+def _progress(verb):
+    """Report progress on a terminal (stderr); stay quiet in a pipe or under cron."""
+    if not sys.stderr.isatty():
+        return None
+    shown = {"table": None}
+
+    def show(table, rows):
+        if shown["table"] not in (None, table):
+            click.echo(err=True)
+        shown["table"] = table
+        click.echo(f"\r{verb} {table}: {rows:,} rows", nl=False, err=True)
+
+    return show

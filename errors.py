@@ -4,6 +4,8 @@ from flask import jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+import db
+
 
 class ApiError(Exception):
     """A refusal with an HTTP status and a stable machine-readable code."""
@@ -49,6 +51,14 @@ def register(app):
     @app.errorhandler(ValidationError)
     def handle_validation_error(exc):
         return error_response(400, "validation_error", "The request body is invalid.", exc.messages)
+
+    @app.errorhandler(db.DatabaseUnavailable)
+    def handle_database_unavailable(exc):
+        db.unavailable(exc)  # logged once per outage
+        response = error_response(503, "database_unavailable",
+                                  "The database is unavailable; nothing was changed. Retry shortly.")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc):

@@ -1,7 +1,8 @@
 """Every balance rule: minor units, settlement of start/finish, deposits and withdrawals.
 
-Each movement runs in one `BEGIN IMMEDIATE` transaction that writes the balance change,
-its ledger row and (for callbacks) the audit row together, so a crash leaves all or none.
+Each movement runs in one store transaction (db.py) that writes the balance change, its
+ledger row and (for callbacks) the audit row together, so a crash leaves all or none; the
+rules know nothing of the engine underneath.
 """
 
 import dataclasses
@@ -13,7 +14,8 @@ import time
 from flask import current_app
 from marshmallow import ValidationError
 
-from db import get_db, transaction
+from db import get_db
+from db import StartupError
 from errors import ApiError, error_body
 from schemas import MAX_DELAY_MS
 
@@ -65,12 +67,11 @@ def currency_decimals(currency):
     return fixed[currency]
 
 
-def check_currency_decimals(db):
+def check_currency_decimals(db, configured):
     """Refuse to start if CURRENCY_DECIMALS contradicts a currency the database already holds."""
-    configured = current_app.config["CURRENCY_DECIMALS"]
     for currency, stored in db.execute("SELECT currency, decimals FROM currencies").fetchall():
         if configured.get(currency, stored) != stored:
-            raise RuntimeError(
+            raise StartupError(
                 f"CURRENCY_DECIMALS gives {currency}={configured[currency]}, but {currency} is "
                 f"stored with {stored} decimals and balances are kept in minor units; "
                 f"set {currency}={stored}"
@@ -175,8 +176,9 @@ def _conflict(reason):
 def apply_callback(db, callback, audit):
     """Settle one validated callback and write its audit row, all in one transaction."""
     kind = callback["type"]
-    with transaction(db):
+    with db.transaction():
         if kind in ("start", "finish"):
+            db.lock("game", callback["game"]["id"])  # a game's callbacks take turns, on every instance
             bet = _minor_or_invalid(callback["game"]["bet"], callback["session"]["currency"], "game", "bet")
         if kind == "start":
             result = _start(db, callback, bet, audit["received_at"])
@@ -315,7 +317,7 @@ def _insert_audit(db, audit, result, response_text=None):
 
 def record_callback(db, audit, result, response_text):
     """Keep a callback that never reached settlement (invalid input) in the audit table."""
-    with transaction(db):
+    with db.transaction():
         _insert_audit(db, audit, result, response_text)
 
 
@@ -329,7 +331,8 @@ def refund_game(db, game_id):
     refunded (409); the game's later `finish` is refused and a repeated `start` declined.
     """
     now = now_ms()
-    with transaction(db):
+    with db.transaction():
+        db.lock("game", game_id)  # a refund and the game's finish take turns
         game = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()
         if game is None or game["status"] == "declined":
             raise ApiError(404, "not_found", f"No accepted bet has game id {game_id!r}.")
@@ -399,7 +402,8 @@ def move_funds(db, kind, player_id, currency, amount, reference):
     balance is refused with 409 and leaves the reference unused.
     """
     now = now_ms()
-    with transaction(db):
+    with db.transaction():
+        db.lock("reference", reference)  # a reference replayed on two instances at once moves money once
         if kind == "deposit":
             db.execute(
                 "INSERT INTO currencies (currency, decimals) VALUES (?, ?) ON CONFLICT DO NOTHING",

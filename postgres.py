@@ -1,0 +1,250 @@
+"""The PostgreSQL store (`DATABASE_URL`): what PostgreSQL does differently, behind db.Store.
+
+Loaded only when DATABASE_URL is set, so a SQLite deployment never imports psycopg.
+- Connecting: psycopg 3 in autocommit mode (transactions are begun explicitly), with
+  connect, statement and TCP timeouts so a database that is away answers within seconds.
+- Locking: READ COMMITTED plus an advisory lock on the key a transaction works on (a game
+  id, a deposit's reference): two instances settling the same game take turns, and every
+  balance change is a conditional UPDATE that PostgreSQL re-checks on the row it locked.
+- DDL: the schema of db.TABLES as PostgreSQL types; text sorts bytewise (COLLATE "C") as in
+  SQLite, so paging cursors and the reconciliation's ordered walk mean the same on both.
+- Placeholders: the SQL is written with `?`; psycopg wants `%s`.
+"""
+
+import contextlib
+import itertools
+
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
+
+import db
+
+# Set only where the URL does not say otherwise.
+CONNECT_DEFAULTS = {
+    "connect_timeout": "5",  # seconds per host tried
+    "application_name": "callback-wallet",
+    # A peer that vanished without closing the connection (a failover, a lost host) is
+    # noticed within seconds instead of the kernel's hours.
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",  # ms: unacknowledged data
+}
+STATEMENT_TIMEOUT_MS = 5_000  # also bounds waiting for a lock
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000  # a worker that died mid-transaction frees its locks
+SCHEMA_LOCK = 0x77A11E7  # advisory lock key held while creating the schema
+TYPES = {int: "BIGINT", str: 'TEXT COLLATE "C"', bytes: "BYTEA", float: "DOUBLE PRECISION"}
+# Errors that mean the database is away (refused, dropped, timed out, shut down, failed over
+# to a read-only standby), not that the statement was wrong.
+UNAVAILABLE = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+)
+
+
+def describe(url):
+    """Where a URL points, for logs and messages: host, port, database; never the password."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error as error:
+        raise db.StartupError(f"DATABASE_URL is not a valid PostgreSQL URL: {_one_line(error)}") from None
+    host = info.get("host") or info.get("hostaddr") or "the default socket"
+    port = info.get("port") or "5432"
+    return f"PostgreSQL database {info.get('dbname') or info.get('user') or '(default)'!r} on {host} port {port}"
+
+
+class Row(tuple):
+    """A result row readable by position or by column name, like sqlite3.Row."""
+
+    __slots__ = ()
+    columns = {}
+
+    def __getitem__(self, key):
+        return tuple.__getitem__(self, self.columns[key] if isinstance(key, str) else key)
+
+    def keys(self):
+        return list(self.columns)
+
+
+_row_classes = {}
+
+
+def _rows(cursor):
+    """psycopg row factory: one Row class per column list, made once."""
+    if cursor.description is None:
+        return tuple
+    names = tuple(column.name for column in cursor.description)
+    cls = _row_classes.get(names)
+    if cls is None:
+        cls = _row_classes[names] = type("Row", (Row,), {"__slots__": (), "columns": {n: i for i, n in enumerate(names)}})
+    return cls
+
+
+_translated = {}
+
+
+def _sql(statement):
+    """`?` placeholders to psycopg's `%s` (a literal `%` doubled); our SQL never quotes a `?`."""
+    text = _translated.get(statement)
+    if text is None:
+        text = _translated[statement] = statement.replace("%", "%%").replace("?", "%s")
+    return text
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class PostgresStore(db.Store):
+    engine = "postgresql"
+
+    def __init__(self, url, create=True):
+        super().__init__()
+        self.label = describe(url)
+        given = conninfo_to_dict(url)
+        options = {key: value for key, value in CONNECT_DEFAULTS.items() if key not in given}
+        self.conn = None
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, row_factory=_rows, **options)
+            self.conn.execute(
+                f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}; "
+                f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+            )
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+        self._cursors = itertools.count()
+
+    def _unavailable(self, error):
+        self.forget_cached()
+        return db.DatabaseUnavailable(f"PostgreSQL: {_one_line(error)}")
+
+    def execute(self, sql, params=()):
+        try:
+            return self.conn.execute(_sql(sql), params)
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+
+    def executemany(self, sql, rows):
+        try:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(_sql(sql), rows)
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+
+    def stream(self, sql, params=()):
+        """A server-side cursor inside a transaction or snapshot (rows fetched in batches)."""
+        if not self.in_transaction():
+            return self.execute(sql, params)
+        return self._stream(sql, params)
+
+    def _stream(self, sql, params):
+        try:
+            with self.conn.cursor(name=f"stream_{next(self._cursors)}") as cursor:
+                cursor.itersize = 2_000
+                cursor.execute(_sql(sql), params)
+                yield from cursor
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """READ COMMITTED; what must not interleave takes `lock()` first, and each balance
+        change is one conditional UPDATE, which PostgreSQL re-evaluates on the latest row."""
+        self.execute("BEGIN")
+        try:
+            yield self
+            self.execute("COMMIT")  # a dropped connection here: outcome unknown, answered 503
+        except BaseException:
+            self.rollback()
+            raise
+
+    def lock(self, kind, key):
+        """Hold an advisory lock on (kind, key) until the transaction ends."""
+        self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [f"{kind}:{key}"])
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            yield self
+        finally:
+            self.rollback()
+
+    def in_transaction(self):
+        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def rollback(self):
+        self.forget_cached()
+        if self.usable() and self.in_transaction():
+            try:
+                self.conn.execute("ROLLBACK")
+            except UNAVAILABLE:
+                self.discard()
+
+    def usable(self):
+        return self.conn is not None and not self.conn.closed and not self.conn.broken
+
+    def discard(self):
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+
+    def close(self):
+        self.discard()
+
+    def table_names(self):
+        return [row[0] for row in self.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+
+    def _missing(self):
+        tables = set(self.table_names())
+        indexes = {row[0] for row in self.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+        return ([name for name in db.TABLES if name not in tables],
+                [index for index in db.INDEXES if db.index_name(*index[:2]) not in indexes])
+
+    def create_schema(self):
+        """Create what is missing, under an advisory lock so instances booting together take
+        turns; when nothing is missing no DDL runs at all, so an instance starting beside an
+        older one that is serving takes no lock on its tables."""
+        tables, indexes = self._missing()
+        if not tables and not indexes:
+            return
+        with self.transaction():
+            self.execute("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK])
+            tables, indexes = self._missing()  # another instance may have made them meanwhile
+            for name in tables:
+                self.execute(_table_ddl(name, db.TABLES[name]))
+            for table, columns, unique in indexes:
+                self.execute(
+                    f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {db.index_name(table, columns)} "
+                    f"ON {table} ({', '.join(columns)})"
+                )
+
+    def after_bulk_load(self):
+        for name, table in db.TABLES.items():
+            if table["pk"] == "id":
+                self.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), coalesce(max(id), 0) + 1, false) FROM {name}"
+                )
+
+
+def _table_ddl(name, table):
+    columns = []
+    for column, kind in table["columns"].items():
+        if column == table["pk"] == "id":
+            columns.append("id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+            continue
+        text = f"{column} {TYPES[kind]}"
+        if column == table["pk"]:
+            text += " PRIMARY KEY"
+        elif column in table["not_null"]:
+            text += " NOT NULL"
+        if column == table.get("never_negative"):
+            text += f" CONSTRAINT {name}_never_negative CHECK ({column} >= 0)"
+        columns.append(text)
+    for column, parent, parent_column in table.get("foreign_keys", ()):
+        columns.append(f"FOREIGN KEY ({column}) REFERENCES {parent} ({parent_column})")
+    return f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(columns)})"
