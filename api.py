@@ -25,6 +25,10 @@ def require_admin_token():
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
         raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <ADMIN_TOKEN>'.",
                        headers={"WWW-Authenticate": "Bearer"})
+    for name, value in (request.view_args or {}).items():  # a path segment no engine can store
+        if isinstance(value, str) and not schemas.storable(value):
+            raise ApiError(400, "validation_error", f"The path's {name} is invalid.",
+                           {name: ["Must not hold U+0000 or a lone surrogate."]})
 
 
 def _movement(kind, player_id):

@@ -74,13 +74,16 @@ def _check_tree(payload):
                 value = value.values()
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, str) and not storable(value):
-            raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff).")
+            raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff) or U+0000.")
 
 
 def storable(text):
-    """Whether SQLite can store the text: one holding a lone surrogate (a JSON "\\ud800"
-    escape, or a command-line argument that was not UTF-8) cannot be encoded. Checked where
-    text comes in: JSON bodies, cursors and the CLI's arguments."""
+    """Whether every engine can store the text: one holding a lone surrogate (a JSON
+    "\\ud800" escape, or a command-line argument that was not UTF-8) cannot be encoded, and
+    PostgreSQL's text cannot hold U+0000. Checked where text comes in: JSON bodies, cursors
+    and the CLI's arguments."""
+    if "\x00" in text:
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -112,15 +115,20 @@ class Amount(fields.Field):
 
 
 class Text(fields.String):
-    """A non-blank string of at most 255 characters."""
+    """A non-blank string of at most 255 characters, storable by every engine."""
 
     def __init__(self, **kwargs):
-        super().__init__(validate=[validate.Length(min=1, max=255), _not_blank], **kwargs)
+        super().__init__(validate=[validate.Length(min=1, max=255), _not_blank, _storable], **kwargs)
 
 
 def _not_blank(value):
     if not value.strip():
         raise ValidationError("Must not be blank.")
+
+
+def _storable(value):
+    if not storable(value):
+        raise ValidationError("Must not hold U+0000 or a lone surrogate.")
 
 
 class TextOrInteger(Text):
