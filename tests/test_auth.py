@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, START, Wallet, audit, body
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, START, Wallet, body
 
 
 @pytest.mark.parametrize(
@@ -16,7 +16,7 @@ def test_wrong_callback_token_is_refused_and_moves_nothing(wallet, token):
     response = wallet.start(request={"token": token})
     assert response.status_code == 403 and response.json["error"] == "forbidden"
     assert wallet.books() == before
-    assert audit(wallet.app.config["DATABASE_PATH"]) == []  # unauthorised calls are not kept
+    assert wallet.audit() == []  # unauthorised calls are not kept
 
 
 def test_missing_callback_token_is_refused(wallet):
@@ -149,7 +149,7 @@ def test_the_token_counts_only_as_the_exact_path_segment(wallet, url):
     response = wallet.client.post(url, json=body(START))
     assert response.status_code in (403, 404) and response.json["error"] in ("forbidden", "not_found")
     assert wallet.books() == before
-    assert audit(wallet.app.config["DATABASE_PATH"]) == []
+    assert wallet.audit() == []
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DELETE, FINISH, START, audit, body
+from conftest import DELETE, FINISH, START, body
 
 HUGE_INT = "1" + "0" * 5000
 
@@ -98,7 +98,7 @@ def test_malformed_bodies_are_refused_and_move_nothing(wallet, name, payload):
     assert response.is_json and response.json["error"] in ("malformed_json", "validation_error")
     assert response.json["message"]
     assert wallet.books() == before
-    last = audit(wallet.app.config["DATABASE_PATH"])[-1]
+    last = wallet.audit()[-1]
     assert (last["outcome"], last["status_code"], last["body"]) == ("invalid", 400, payload)
 
 
@@ -109,7 +109,7 @@ def test_invalid_starts_are_refused_and_move_nothing(wallet, name, changes):
     assert response.status_code == 400, response.json
     assert response.json["error"] == "validation_error" and response.json["fields"]
     assert wallet.books() == before
-    assert audit(wallet.app.config["DATABASE_PATH"])[-1]["outcome"] == "invalid"
+    assert wallet.audit()[-1]["outcome"] == "invalid"
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_oversize_body_gets_413(wallet):
     response = wallet.callback(payload)
     assert response.status_code == 413 and response.json["error"] == "request_entity_too_large"
     assert wallet.books() == before
-    assert audit(wallet.app.config["DATABASE_PATH"])[-1]["outcome"] == "invalid"
+    assert wallet.audit()[-1]["outcome"] == "invalid"
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])

@@ -1,11 +1,10 @@
 """Settlement of start/finish callbacks: what is debited, credited, answered and kept."""
 
 import json
-import sqlite3
 
 import pytest
 
-from conftest import DELETE, EXAMPLES, FINISH, START, audit, body
+from conftest import DELETE, EXAMPLES, FINISH, START, body, query
 
 
 def test_start_debits_the_bet_and_answers_true(wallet):
@@ -84,7 +83,7 @@ def test_repeated_start_and_finish_apply_once(wallet):
     assert wallet.start(bet=2).json == {"result": True}
     assert wallet.balance() == "14.00"
     assert [row[2] for row in wallet.books()["ledger"]] == ["deposit", "bet", "payout"]
-    outcomes = [row["outcome"] for row in audit(wallet.app.config["DATABASE_PATH"])]
+    outcomes = [row["outcome"] for row in wallet.audit()]
     assert outcomes == ["accepted", "duplicate", "duplicate", "accepted", "duplicate", "duplicate", "duplicate"]
 
 
@@ -147,7 +146,7 @@ def test_other_callback_types_are_answered_and_kept_for_review(wallet):
     response = wallet.callback({"type": "rollback", "anything": [1, 2], "game": {"id": 5}})
     assert response.status_code == 200 and response.json == {}
     assert wallet.books() == before
-    row = audit(wallet.app.config["DATABASE_PATH"])[-1]
+    row = wallet.audit()[-1]
     assert (row["type"], row["outcome"], row["game_id"]) == ("rollback", "ignored", "5")
     assert json.loads(row["body"])["anything"] == [1, 2]
 
@@ -159,7 +158,7 @@ def test_every_callback_is_audited_with_its_answer(wallet):
     wallet.start(game_id="a", bet=1)  # duplicate
     wallet.start(game_id="a", bet=2)  # conflict
     wallet.callback(b'{"type": "start"')  # invalid
-    rows = audit(wallet.app.config["DATABASE_PATH"])
+    rows = wallet.audit()
     assert [row["outcome"] for row in rows] == ["accepted", "declined", "duplicate", "conflict", "invalid"]
     assert [row["status_code"] for row in rows] == [200, 200, 200, 409, 400]
     assert json.loads(rows[1]["response"]) == {"result": False}
@@ -205,7 +204,7 @@ def test_extra_fields_are_accepted_and_kept(wallet):
     wallet.deposit("10.00")
     response = wallet.start(**{"game.newField": {"x": 1}, "session.extra": "y", "brandNew": True})
     assert response.json == {"result": True}
-    assert json.loads(audit(wallet.app.config["DATABASE_PATH"])[-1]["body"])["brandNew"] is True
+    assert json.loads(wallet.audit()[-1]["body"])["brandNew"] is True
 
 
 def test_provider_time_in_seconds_or_milliseconds_is_stored_as_milliseconds(wallet):
@@ -214,9 +213,8 @@ def test_provider_time_in_seconds_or_milliseconds_is_stored_as_milliseconds(wall
     wallet.start(game_id="ms", time=1663249396123)
     wallet.start(game_id="none", time=None)
     wallet.callback(body(START, **{"game.id": "none2", "time": DELETE}))
-    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:
-        times = dict(conn.execute("SELECT game_id, start_time FROM games").fetchall())
-        received = dict(conn.execute("SELECT game_id, started_at FROM games").fetchall())
+    times = dict(query(wallet.database, "SELECT game_id, start_time FROM games"))
+    received = dict(query(wallet.database, "SELECT game_id, started_at FROM games"))
     assert times["s"] == 1663249396000 and times["ms"] == 1663249396123
     assert times["none2"] == received["none2"]
 

@@ -5,7 +5,7 @@ import json
 
 def test_init_db_creates_the_schema(runner, app):
     result = runner.invoke(args=["init-db"])
-    assert result.exit_code == 0 and app.config["DATABASE_PATH"] in result.output
+    assert result.exit_code == 0 and "Database ready: " in result.output, result.output
 
 
 def test_deposit_withdraw_and_balance(runner, wallet):

@@ -9,6 +9,7 @@ database at the same instant.
 """
 
 import collections
+import contextlib
 import decimal
 import json
 import os
@@ -23,18 +24,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import FINISH, START, audit, body, books
-from live import ROOT
+import db
+import postgres
+
+from conftest import FINISH, START, audit, body, books, query
+from live import ROOT, Instances
 
 WORKERS = 3
 THREADS = 32
 CENT = decimal.Decimal("0.01")
 
 
-@pytest.fixture
-def server(gunicorn):
-    """`gunicorn --workers 3 app:create_app()` on a fresh database: the workers race to create it."""
-    return gunicorn(workers=WORKERS)
+@pytest.fixture(params=["one instance", "two instances"])
+def server(request, gunicorn):
+    """`gunicorn --workers 3 app:create_app()` on a fresh database (the workers race to create
+    it); or two independent gunicorns of 2 workers on one database, as on two machines, each
+    request going to the next instance in turn."""
+    if request.param == "one instance":
+        return gunicorn(workers=WORKERS)
+    first = gunicorn("first", workers=2)
+    return Instances([first, gunicorn("second", database=first.database, workers=2)])
 
 
 def fire(server, payloads, threads=THREADS):
@@ -227,24 +236,26 @@ def test_mixed_traffic_settles_every_player_exactly(server):
 # --- workers booting on a fresh database ---------------------------------------------------
 
 # Imports the app once, then for each gate (a pipe the test closes, which wakes every such
-# process at the same instant) builds the app on a fresh database file, as a gunicorn worker
-# does when it boots. Writes a mark on `ready` at each gate and at the end; prints failures.
+# process at the same instant) builds the app on a fresh database, as a gunicorn worker does
+# when it boots. Writes a mark on `ready` at each gate and at the end; prints failures.
 BOOTING_WORKER = r"""
 import json, os, sys, traceback
 import app as app_module, db
-directory, ready, gates = sys.argv[1], int(sys.argv[2]), [int(fd) for fd in sys.argv[3:]]
+targets, ready, gates = json.loads(sys.argv[1]), int(sys.argv[2]), [int(fd) for fd in sys.argv[3:]]
 failures = []
-for n, gate in enumerate(gates):
+for target, gate in zip(targets, gates):
     os.write(ready, b".")
     os.read(gate, 1)
     try:
-        made = app_module.create_app({
-            "DATABASE_PATH": os.path.join(directory, f"{n}.db"), "CALLBACK_TOKEN": "x",
+        store = {"DATABASE_URL": target} if "://" in target else {"DATABASE_PATH": target}
+        made = app_module.create_app({**store, "CALLBACK_TOKEN": "x",
             "ADMIN_TOKEN": "y", "CURRENCY_DECIMALS": "USD=2", "LOG_LEVEL": "WARNING"})
+        with made.app_context():
+            db.get_db().ping()  # a worker that could not reach its database would answer 503
         db.close_all(made)
     except Exception:
         lines = traceback.format_exc().strip().splitlines()
-        failures.append(f"fresh database {n}.db: " + " / ".join(line.strip() for line in lines[-3:]))
+        failures.append(f"fresh database {target}: " + " / ".join(line.strip() for line in lines[-3:]))
 os.write(ready, b".")
 print(json.dumps(failures))
 """
@@ -253,18 +264,18 @@ print(json.dumps(failures))
 class BootingWorkers:
     """Processes that build the app together, round after round, each on a new database."""
 
-    def __init__(self, directory, workers, rounds):
+    def __init__(self, directory, workers, targets):
         self.directory, self.workers = directory, workers
         self.processes, self.logs = [], []
         self._ready, ready_write = os.pipe()
-        gates = [os.pipe() for _ in range(rounds)]
+        gates = [os.pipe() for _ in targets]
         self._releases = [release for _, release in gates]
         try:
             for n in range(workers):
                 self.logs.append(directory / f"worker-{n}.err")
                 with open(self.logs[-1], "wb") as stderr:
                     self.processes.append(subprocess.Popen(
-                        [sys.executable, "-c", BOOTING_WORKER, str(directory), str(ready_write),
+                        [sys.executable, "-c", BOOTING_WORKER, json.dumps(targets), str(ready_write),
                          *(str(gate) for gate, _ in gates)],
                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
                         pass_fds=[ready_write, *(gate for gate, _ in gates)], text=True,
@@ -291,7 +302,7 @@ class BootingWorkers:
         return True
 
     def release(self, n):
-        """Open gate n: every process builds the app on n.db at the same instant."""
+        """Open gate n: every process builds the app on the n-th database at the same instant."""
         os.close(self._releases[n])
         self._releases[n] = None
 
@@ -321,16 +332,18 @@ class BootingWorkers:
         self.close()
 
 
-def test_workers_booting_at_once_on_a_fresh_database_all_start(tmp_path):
-    """Several workers building the app on one new database at the same instant all succeed.
+def test_workers_booting_at_once_on_a_fresh_database_all_start(tmp_path, new_database):
+    """Several workers (or instances) building the app on one new database at the same
+    instant all succeed.
 
     gunicorn halts the whole server ("Worker failed to boot") when one worker's create_app()
-    raises. The servers above boot 3 workers on a fresh file too, but gunicorn staggers
-    their start; here the race is forced, round after round. (Contention makes it likelier:
-    a pass on a quiet machine is weaker evidence than the deterministic test below.)
+    raises. The servers above boot several workers on a fresh database too, but gunicorn
+    staggers their start; here the race is forced, round after round. (Contention makes it
+    likelier: a pass on a quiet machine is weaker evidence than the deterministic test below.)
     """
-    workers, rounds = 4, 40
-    with BootingWorkers(tmp_path, workers, rounds) as booting:
+    workers, rounds = 4, 25
+    targets = [new_database(f"boot-{n}") for n in range(rounds)]
+    with BootingWorkers(tmp_path, workers, targets) as booting:
         for n in range(rounds):
             booting.wait()
             booting.release(n)
@@ -342,33 +355,48 @@ def test_workers_booting_at_once_on_a_fresh_database_all_start(tmp_path):
     )
 
 
-def test_a_worker_booting_while_the_fresh_database_is_being_written_waits(tmp_path):
-    """A worker that boots while another connection writes the new database waits its turn.
-
-    A booting worker holds the write lock on the fresh file while it turns it into WAL and
-    creates the schema; a worker booting in that moment must wait for the lock
-    (busy_timeout) like any writer, not fail at once. The lock is held here on purpose.
-    """
-    holder = sqlite3.connect(tmp_path / "0.db", isolation_level=None)
+@contextlib.contextmanager
+def holding_the_schema_lock(engine, target):
+    """What a booting worker holds while it creates the schema of a fresh database: SQLite's
+    write lock on the new file (taken before WAL mode is even set), PostgreSQL's advisory
+    lock on schema creation."""
+    if engine == "sqlite":
+        holder = sqlite3.connect(target, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        unlock = "COMMIT"
+    else:
+        holder = db.open_store(target)
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(?)", [postgres.SCHEMA_LOCK])
+        unlock = "COMMIT"
     try:
-        with BootingWorkers(tmp_path, 3, 1) as booting:
+        yield lambda: holder.execute(unlock)
+    finally:
+        holder.close()
+
+
+def test_a_worker_booting_while_the_fresh_database_is_being_made_waits(tmp_path, new_database, engine):
+    """A worker that boots while another creates the new database's schema waits its turn.
+
+    A booting worker holds a lock while it prepares a fresh database; a worker booting in
+    that moment must wait for the lock like any writer (SQLite's busy_timeout, PostgreSQL's
+    advisory lock), not fail at once. The lock is held here on purpose.
+    """
+    target = new_database("boot-held")
+    with holding_the_schema_lock(engine, target) as unlock:
+        with BootingWorkers(tmp_path, 3, [target]) as booting:
             booting.wait()
-            holder.execute("BEGIN IMMEDIATE")
             booting.release(0)
             # Correct workers are still waiting for the lock after a second; give it back.
             finished_while_locked = booting.wait(timeout=1.0, fail=False)
-            holder.execute("COMMIT")
+            unlock()
             if not finished_while_locked:
                 booting.wait()
             failures = booting.failures()
-    finally:
-        holder.close()
     assert not failures, (
         f"{len(failures)} of 3 workers failed instead of waiting for the lock:\n" + "\n".join(failures)
     )
-    assert books(tmp_path / "0.db")["wallets"] == {}  # the schema is there
-    check = sqlite3.connect(tmp_path / "0.db")
-    try:
-        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        check.close()
+    assert not finished_while_locked, "the workers did not wait for the lock"
+    assert books(target)["wallets"] == {}  # the schema is there
+    if engine == "sqlite":
+        assert query(target, "PRAGMA journal_mode") == [("wal",)]

@@ -1,4 +1,4 @@
-"""Crash test: gunicorn killed with SIGKILL mid-traffic, restarted on the same file.
+"""Crash test: gunicorn killed with SIGKILL mid-traffic, restarted on the same database.
 
 Clients play games (start, then finish) as fast as they can; the master and both workers
 are killed at once while requests are in flight. After a restart on the same database:
@@ -11,11 +11,10 @@ import collections
 import decimal
 import http.client
 import random
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import FINISH, START, audit, body, books
+from conftest import FINISH, START, audit, body, books, query
 
 CLIENTS = 12
 TRAFFIC_SECONDS = 1.5
@@ -61,11 +60,8 @@ def play(server, client):
     return games
 
 
-def ledger_rows(path):
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT id, wallet_id, amount, kind, game_id FROM ledger").fetchall()
-    conn.close()
-    return rows
+def ledger_rows(database):
+    return query(database, "SELECT id, wallet_id, amount, kind, game_id FROM ledger")
 
 
 def test_a_killed_server_loses_nothing_answered_and_applies_nothing_twice(gunicorn, make_app):
@@ -87,7 +83,7 @@ def test_a_killed_server_loses_nothing_answered_and_applies_nothing_twice(gunico
     for game, kind in answered:
         assert game.answers[kind] == (200, {"result": True} if kind == "start" else {}), (game.id, kind)
 
-    server = gunicorn("crash", workers=2)  # the same file: WAL recovery, schema already there
+    server = gunicorn("crash", database=database, workers=2)  # the same books: recovery, schema already there
     state = books(database)  # balance = ledger sum, never negative
     rows = collections.defaultdict(list)
     for _, amount, kind, game_id, _ in state["ledger"]:
@@ -108,7 +104,7 @@ def test_a_killed_server_loses_nothing_answered_and_applies_nothing_twice(gunico
             if game.answers["finish"] is not None:
                 assert credits == [game.credit_minor()], (game.id, "answered finish without its credit")
             assert applied["finish", game.id] == len(credits), (game.id, "credit and audit row disagree")
-    reconcile = make_app(DATABASE_PATH=str(database)).test_cli_runner().invoke(args=["wallet", "reconcile"])
+    reconcile = make_app(database=database).test_cli_runner().invoke(args=["wallet", "reconcile"])
     assert reconcile.exit_code == 0, reconcile.output
 
     # The provider retries everything it sent, each game in its order: nothing applies twice.
@@ -137,7 +133,7 @@ def test_a_killed_server_loses_nothing_answered_and_applies_nothing_twice(gunico
             assert rows["payout", game.id] == [game.credit_minor()], game.id
             expected[game.player] += game.credit_minor()
     assert {player: balance for (player, _), balance in state["wallets"].items()} == expected
-    reconcile = make_app(DATABASE_PATH=str(database)).test_cli_runner().invoke(args=["wallet", "reconcile"])
+    reconcile = make_app(database=database).test_cli_runner().invoke(args=["wallet", "reconcile"])
     assert reconcile.exit_code == 0, reconcile.output
     server.assert_healthy()
 

@@ -17,14 +17,13 @@ import copy
 import ipaddress
 import itertools
 import json
-import sqlite3
 import urllib.parse
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Pairs, Raw, Wallet, body, dumps
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Pairs, Raw, Wallet, body, dumps, query
 
 SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=SLOW_IS_FINE)
@@ -199,10 +198,7 @@ def check_answer(response):
 
 
 def audit_count(wallet):
-    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:
-        count = conn.execute("SELECT count(*) FROM callbacks").fetchone()[0]
-    conn.close()
-    return count
+    return query(wallet.database, "SELECT count(*) FROM callbacks")[0][0]
 
 
 def check_callback(wallet, response, before, audited_before):

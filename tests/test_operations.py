@@ -4,7 +4,6 @@ import collections
 import itertools
 import json
 import re
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import wallet as wallet_rules
-from conftest import FINISH, START, audit, body, books
+from conftest import FINISH, START, body, books
 
 
 def get(wallet, url, **params):
@@ -75,9 +74,7 @@ def test_cli_refund(runner, wallet):
 
 def age_start(wallet, game_id, seconds):
     """Pretend a start was received `seconds` ago."""
-    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:
-        conn.execute("UPDATE games SET started_at = started_at - ? WHERE game_id = ?", [seconds * 1000, game_id])
-    conn.close()
+    wallet.sql("UPDATE games SET started_at = started_at - ? WHERE game_id = ?", [seconds * 1000, game_id])
 
 
 def test_stale_lists_and_refund_stale_refunds_old_open_bets(runner, wallet):
@@ -135,6 +132,12 @@ def test_reconcile_passes_on_healthy_books(runner, wallet):
     assert result.exit_code == 0 and "the books balance" in result.output
 
 
+DROP_NEVER_NEGATIVE = {  # the database's own guard, so that a corruption can get past it
+    "sqlite": "DROP TRIGGER wallets_never_negative",
+    "postgresql": "ALTER TABLE wallets DROP CONSTRAINT wallets_never_negative",
+}
+
+
 @pytest.mark.parametrize(
     "corruption, finding",
     [
@@ -148,17 +151,15 @@ def test_reconcile_passes_on_healthy_books(runner, wallet):
         ("UPDATE ledger SET game_id = NULL WHERE kind = 'bet' AND game_id = 'open'", "without their game id"),
     ],
 )
-def test_reconcile_finds_a_corrupted_row(runner, wallet, corruption, finding):
+def test_reconcile_finds_a_corrupted_row(runner, wallet, corruption, finding, engine):
     play_a_little(wallet)
-    with sqlite3.connect(wallet.app.config["DATABASE_PATH"]) as conn:
-        conn.execute("DROP TRIGGER wallets_never_negative")
-        conn.execute(corruption)
-    conn.close()
+    wallet.sql(DROP_NEVER_NEGATIVE[engine])
+    wallet.sql(corruption)
     report = get(wallet, "/api/reconcile").json
     assert report["ok"] is False
     assert any(finding in problem for problem in report["discrepancies"]), report["discrepancies"]
     result = runner.invoke(args=["wallet", "reconcile"])
-    assert result.exit_code == 1 and "DISCREPANCY" in result.output
+    assert result.exit_code == 3 and "DISCREPANCY" in result.output
 
 
 # --- history ----------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_callbacks_audit_log_filters(wallet):
     assert invalid[0]["body"] == "{oops"
     assert len(get(wallet, "/api/callbacks", game_id="g-1").json["callbacks"]) == 2
     assert len(get(wallet, "/api/callbacks", type="start").json["callbacks"]) == 2
-    assert len(audit(wallet.app.config["DATABASE_PATH"])) == 3
+    assert len(wallet.audit()) == 3
 
 
 def test_cli_history_tables_and_json(runner, wallet):
@@ -321,7 +322,7 @@ def test_refund_stale_racing_finishes_never_refunds_and_pays_one_game(gunicorn, 
     while len(answered) < 20:  # the finishes are flowing: now the cron job runs
         assert finishing.is_alive() and time.monotonic() < deadline, "the finishes stopped"
         time.sleep(0.001)
-    cron = make_app(DATABASE_PATH=str(server.database)).test_cli_runner()
+    cron = make_app(database=server.database).test_cli_runner()
     result = cron.invoke(args=["wallet", "refund-stale", "--older-than", "0"])
     finishing.join()
 
@@ -364,7 +365,7 @@ def test_backup_taken_during_writes_opens_and_reconciles(gunicorn, make_app, tmp
     for thread in playing:
         thread.start()
     time.sleep(0.2)
-    app = make_app(DATABASE_PATH=str(server.database))
+    app = make_app(database=server.database)
     copies = [tmp_path / f"backup-{n}.db" for n in range(3)]
     for copy in copies:
         result = app.test_cli_runner().invoke(args=["wallet", "backup", str(copy)])
@@ -378,7 +379,7 @@ def test_backup_taken_during_writes_opens_and_reconciles(gunicorn, make_app, tmp
     for copy in copies + [server.database]:
         state = books(copy)  # opens; every balance equals its ledger sum
         settled.append(sum(status == "won" for _, status, _, _ in state["games"]))
-        restored = make_app(DATABASE_PATH=str(copy)).test_cli_runner().invoke(args=["wallet", "reconcile"])
+        restored = make_app(database=copy).test_cli_runner().invoke(args=["wallet", "reconcile"])
         assert restored.exit_code == 0, restored.output
     assert 0 < settled[0] <= settled[-2] < settled[-1], "the copies were not taken while games were played"
     assert list(statuses) == [200]

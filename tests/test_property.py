@@ -6,9 +6,6 @@ against an independent model kept in integer minor units with exact fractions.
 
 import dataclasses
 import itertools
-import os
-import shutil
-import tempfile
 from fractions import Fraction
 
 from hypothesis import settings
@@ -17,7 +14,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 
 import app as app_module
 import db
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Raw, body, books, dumps
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Raw, body, books, dumps, store_settings
 
 PLAYERS = ("alice", "bob", "zoë")
 DECIMALS = {"USD": 2, "EUR": 2, "BTC": 8}  # BTC is not configured: it gets the default 8
@@ -127,12 +124,13 @@ def make_machine(max_units):
         starts = Bundle("starts")  # every start sent
         sent = Bundle("sent")  # withdrawals and finishes
 
+        new_database = None  # set by the test: makes a fresh database on the test's engine
+
         def __init__(self):
             super().__init__()
-            self.directory = tempfile.mkdtemp(prefix="wallet-property-")
-            self.path = os.path.join(self.directory, "wallet.db")
+            self.database = self.new_database(f"example-{next(EXAMPLES)}")
             self.app = app_module.create_app({
-                "DATABASE_PATH": self.path,
+                **store_settings(self.database),
                 "CALLBACK_TOKEN": CALLBACK_TOKEN,
                 "ADMIN_TOKEN": ADMIN_TOKEN,
                 "CURRENCY_DECIMALS": "USD=2,EUR=2",
@@ -150,7 +148,6 @@ def make_machine(max_units):
 
         def teardown(self):
             db.close_all(self.app)
-            shutil.rmtree(self.directory, ignore_errors=True)
 
         # --- building requests -----------------------------------------------------------
 
@@ -332,7 +329,7 @@ def make_machine(max_units):
 
         @invariant()
         def books_balance_and_match_the_model(self):
-            state = books(self.path)  # balance = ledger sum, never negative
+            state = books(self.database)  # balance = ledger sum, never negative
             assert state["wallets"] == self.balances
             settled = {game_id: (status, bet, credit) for game_id, status, bet, credit in state["games"]
                        if status != "declined"}
@@ -350,9 +347,14 @@ FullRangeWallet = make_machine(LIMIT - 1)
 SETTINGS = settings(max_examples=60, stateful_step_count=25, deadline=None)
 
 
-def test_everyday_amounts_keep_the_books_and_match_the_model():
+EXAMPLES = itertools.count(1)
+
+
+def test_everyday_amounts_keep_the_books_and_match_the_model(new_database, monkeypatch):
+    monkeypatch.setattr(EverydayWallet, "new_database", staticmethod(new_database))
     run_state_machine_as_test(EverydayWallet, settings=SETTINGS)
 
 
-def test_every_accepted_amount_keeps_the_books_and_matches_the_model():
+def test_every_accepted_amount_keeps_the_books_and_matches_the_model(new_database, monkeypatch):
+    monkeypatch.setattr(FullRangeWallet, "new_database", staticmethod(new_database))
     run_state_machine_as_test(FullRangeWallet, settings=SETTINGS)

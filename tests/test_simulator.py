@@ -14,22 +14,33 @@ from pathlib import Path
 import pytest
 
 import app as app_module
+import db
 import simulator
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, audit, books
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, ENGINES, PostgresDatabases, audit, books
 from live import ROOT, Gunicorn, free_port
 
 GAME_LINE = re.compile(r"^(sim-\S+)\s+\S+\s+bet (\S+)\s+(win|lose|declined)\s+(?:x\S+\s+)?credit (\S+)", re.M)
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`gunicorn --workers 2 app:create_app()` on a fresh database, for the whole module."""
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request, tmp_path_factory):
+    """`gunicorn --workers 2 app:create_app()` on a fresh database of each engine, for the
+    whole module."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
-    running = Gunicorn(tmp_path_factory.mktemp("simulator") / "wallet.db", workers=2)
+    folder = tmp_path_factory.mktemp("simulator")
+    databases = None
+    if request.param == "postgresql":
+        databases = PostgresDatabases(request.getfixturevalue("postgres_server"))
+        database = databases("simulator")
+    else:
+        database = folder / "wallet.db"
+    running = Gunicorn(database, log_dir=folder, workers=2)
     try:
         yield running.start()
     finally:
         running.stop()
+        if databases is not None:
+            databases.close()
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +50,17 @@ def no_proxy(monkeypatch):
 
 
 @pytest.fixture
-def simulate(make_app, tmp_path, server):
+def simulate(tmp_path, server):
     """Run `flask simulate --url <server> --token ... ARGS` in-process; return the click result."""
     # The CLI's app has its own database: the simulator only talks HTTP to the server.
-    app = make_app(DATABASE_PATH=str(tmp_path / "cli.db"), CURRENCY_DECIMALS="USD=2")
+    app = app_module.create_app({"DATABASE_PATH": str(tmp_path / "cli.db"), "CURRENCY_DECIMALS": "USD=2"})
 
     def run(*args, token=CALLBACK_TOKEN, url=None):
         return app.test_cli_runner().invoke(
             args=["simulate", "--url", url or server.url, "--token", token, *args])
 
-    return run
+    yield run
+    db.close_all(app)
 
 
 def balances_of(output):
@@ -106,7 +118,7 @@ def test_the_command_line_runs_as_a_subprocess(server, tmp_path):
     """The real entry point, with a small balance so that some bets may be declined."""
     server.deposit("sim-subprocess", "3.00")
     env = {key: value for key, value in os.environ.items() if key not in app_module.ENVIRONMENT}
-    env.update(DATABASE_PATH=str(tmp_path / "cli.db"), no_proxy="127.0.0.1")
+    env.update(DATABASE_PATH=str(tmp_path / "cli.db"), no_proxy="127.0.0.1")  # never opened: it talks HTTP
     completed = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "app", "simulate", "--url", server.url,
          "--token", CALLBACK_TOKEN, "sim-subprocess", "USD", "--games", "15", "--bet", "0.50",
