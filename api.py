@@ -4,6 +4,7 @@ import hmac
 
 from flask import Blueprint, current_app, jsonify, request
 
+import bodies
 import books
 import schemas
 import wallet
@@ -31,7 +32,7 @@ def _movement(kind, player_id):
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the request as Content-Type: application/json.")
     schemas.player_schema.load({"player_id": player_id})
-    body = schemas.movement_schema.load(schemas.parse_json(request.get_data()))
+    body = schemas.movement_schema.load(schemas.parse_json(bodies.read_body()))
     status, wallet_body = wallet.move_funds(
         get_db(), kind, player_id, body["currency"], body["amount"], body["reference"]
     )

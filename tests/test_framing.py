@@ -1,0 +1,170 @@
+"""HTTP framing against a real gunicorn, in raw bytes over a socket: what a client can do to a
+request before any JSON is parsed.
+
+One gunicorn (2 workers, started as the Procfile does, so it reads gunicorn.conf.py) serves
+the module; each test compares the books before and after. Every answer must be JSON, never
+a 5xx, and a body is taken whole or refused whole, however it is framed.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, START, audit, body, books
+from live import Gunicorn
+
+LIMIT = 64 * 1024  # MAX_CONTENT_LENGTH
+CALLBACK = f"/callback/{CALLBACK_TOKEN}"
+ADMIN = f"Authorization: Bearer {ADMIN_TOKEN}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`gunicorn --workers 2 app:create_app()` on a fresh database with one funded player."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
+    running = Gunicorn(tmp_path_factory.mktemp("framing") / "wallet.db", workers=2)
+    try:
+        running.start()
+        running.deposit("player-42", "100.00")
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def untouched(server):
+    """Assert the test moved nothing and crashed nothing: the books are as they were."""
+    before = books(server.database)
+    yield
+    assert books(server.database) == before
+    server.assert_healthy()
+
+
+def chunked(data, size=None):
+    """`data` as a chunked body: one chunk, or chunks of `size` bytes."""
+    size = size or len(data) or 1
+    pieces = [data[at:at + size] for at in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+def message(path, framing, data=b"", method="POST", headers=()):
+    """A request in bytes. framing: "length" (Content-Length), "chunked" (one chunk),
+    "chunks" (1 KiB chunks), or bytes to send as they are after a chunked header."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: wallet", "Content-Type: application/json", *headers]
+    if framing == "length":
+        lines.append(f"Content-Length: {len(data)}")
+        payload = data
+    else:
+        lines.append("Transfer-Encoding: chunked")
+        payload = {"chunked": chunked(data), "chunks": chunked(data, 1024)}.get(framing, framing)
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + payload
+
+
+def start_body(game_id, size=None):
+    """A valid start of 1.00 for player-42, padded with spaces (still valid JSON) to `size` bytes."""
+    raw = json.dumps(body(START, **{"game.id": game_id})).encode()
+    return raw if size is None else raw + b" " * (size - len(raw))
+
+
+def deposit_body(reference, size=None):
+    raw = json.dumps({"currency": "USD", "amount": "5.00", "reference": reference}).encode()
+    return raw if size is None else raw + b" " * (size - len(raw))
+
+
+def last_audit(server):
+    return audit(server.database)[-1]
+
+
+FRAMINGS = ["length", "chunked", "chunks"]
+
+
+# --- 1. a body past the limit is refused whole, however it is framed --------------------------
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_callback_past_the_limit_is_refused_whole(server, untouched, framing):
+    """The first 64 KiB are a valid start; what follows is junk. Nothing of it is settled."""
+    data = start_body(f"big-{framing}", LIMIT) + b"x" * 80_000
+    answer = server.raw(message(CALLBACK, framing, data))
+    assert answer.status == 413, answer
+    assert answer.json["error"] == "request_entity_too_large"
+    row = last_audit(server)
+    assert (row["outcome"], row["status_code"], row["body"]) == ("invalid", 413, None)
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_callback_of_exactly_the_limit_is_taken_whole(server, framing):
+    answer = server.raw(message(CALLBACK, framing, start_body(f"exact-{framing}", LIMIT)))
+    assert (answer.status, answer.json) == (200, {"result": True})
+    assert len(last_audit(server)["body"]) == LIMIT
+    # ...and one byte more is refused.
+    answer = server.raw(message(CALLBACK, framing, start_body(f"over-{framing}", LIMIT + 1)))
+    assert answer.status == 413, answer
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_deposit_past_the_limit_is_refused_whole(server, untouched, framing):
+    data = deposit_body(f"big-deposit-{framing}", LIMIT) + b"x" * 80_000
+    answer = server.raw(message("/api/players/player-42/deposits", framing, data, headers=[ADMIN]))
+    assert answer.status == 413, answer
+    assert answer.json["error"] == "request_entity_too_large"
+
+
+# --- 2. a body that cannot be read is the client's fault: 400, never a 5xx ---------------------
+
+UNREADABLE = [
+    ("chunk size not hex", b"zz\r\n{}\r\n0\r\n\r\n"),
+    ("chunk size empty", b"\r\n{}\r\n0\r\n\r\n"),
+    ("chunk without its CRLF", b"2\r\n{}XX0\r\n\r\n"),
+    ("chunk extension invalid", b"2;=\r\n{}\r\n0\r\n\r\n"),
+    ("chunked body cut short", b"400\r\n" + start_body("cut-chunk")),
+    ("no last chunk", chunked(start_body("no-last-chunk"))[:-5]),
+    ("last chunk without the final CRLF", chunked(start_body("no-final-crlf"))[:-2]),
+]
+
+
+@pytest.mark.parametrize("name, payload", UNREADABLE, ids=[name for name, _ in UNREADABLE])
+@pytest.mark.parametrize("path, headers", [(CALLBACK, []), ("/api/players/player-42/deposits", [ADMIN])],
+                         ids=["callback", "deposit"])
+def test_an_unreadable_chunked_body_is_a_400(server, untouched, path, headers, name, payload):
+    answer = server.raw(message(path, payload, headers=headers))
+    assert answer.status == 400, answer
+    assert answer.json["error"] == "unreadable_body" and answer.json["message"]
+    if path == CALLBACK:
+        row = last_audit(server)
+        assert (row["outcome"], row["status_code"], row["body"]) == ("invalid", 400, None)
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("path, headers, data", [
+    (CALLBACK, [], start_body("short-length")),
+    ("/api/players/player-42/deposits", [ADMIN], deposit_body("short-length")),
+], ids=["callback", "deposit"])
+def test_a_body_shorter_than_its_content_length_is_a_400(server, untouched, path, headers, data):
+    """The client announces more than it sends, then closes its side."""
+    request = message(path, "length", data, headers=headers).replace(
+        f"Content-Length: {len(data)}".encode(), f"Content-Length: {len(data) + 100}".encode())
+    answer = server.raw(request)
+    assert answer.status == 400, answer
+    assert answer.json["error"] == "unreadable_body"
+    assert f"after {len(data)} of the {len(data) + 100} bytes" in answer.json["message"]
+    if path == CALLBACK:
+        assert (last_audit(server)["outcome"], last_audit(server)["status_code"]) == ("invalid", 400)
+
+
+def test_a_client_gone_mid_body_is_audited_as_invalid_and_logs_no_error(server, untouched):
+    """The provider hangs up halfway through a start: no answer can be sent, nothing moves,
+    the audit says why, and nothing is logged as a server error."""
+    rows = len(audit(server.database))
+    assert server.raw(message(CALLBACK, b"400\r\n" + start_body("gone")), close="all") is None
+    deadline = time.monotonic() + 10
+    while len(audit(server.database)) == rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = last_audit(server)
+    assert (row["outcome"], row["status_code"], row["body"]) == ("invalid", 400, None)
+    assert "could not be read" in row["reason"]
+    for marker in ("Traceback", "[ERROR]", "internal_error"):
+        assert marker not in server.log()
