@@ -10,7 +10,7 @@ as if it were the whole body; nothing here relies on it.
 from flask import current_app, request
 from werkzeug.wsgi import get_input_stream
 
-from errors import ApiError
+from errors import ApiError, code_for_status
 
 READ_SIZE = 16 * 1024
 
@@ -48,7 +48,7 @@ def read_body():
 
 
 def _too_large(limit):
-    return ApiError(413, "request_entity_too_large", f"The request body is larger than {limit} bytes.")
+    return ApiError(413, code_for_status(413), f"The request body is larger than {limit} bytes.")
 
 
 def _why(exc):

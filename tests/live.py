@@ -1,10 +1,10 @@
 """A real gunicorn serving the app, for the tests where separate processes matter.
 
 `Gunicorn(...)` starts `python -m gunicorn "app:create_app()"` in the repository root, as
-the Procfile does, on a database file of the test's choosing, in its own process group
-(so a test can `kill()` the master and every worker at once, as a crash would) and waits
-for /healthz. Use it through the `gunicorn` fixture in conftest.py, which stops every
-server a test started.
+the Procfile does (so it reads gunicorn.conf.py), on a database file of the test's choosing,
+in its own process group (so a test can `kill()` the master and every worker at once, as a
+crash would) and waits for /healthz. Use it through the `gunicorn` fixture in conftest.py,
+which stops every server a test started.
 """
 
 import decimal

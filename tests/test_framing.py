@@ -9,6 +9,7 @@ a 5xx, and a body is taken whole or refused whole, however it is framed.
 import json
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -168,3 +169,82 @@ def test_a_client_gone_mid_body_is_audited_as_invalid_and_logs_no_error(server, 
     assert "could not be read" in row["reason"]
     for marker in ("Traceback", "[ERROR]", "internal_error"):
         assert marker not in server.log()
+
+
+# --- 8. gunicorn's own refusals answer JSON too ------------------------------------------------
+
+DEPOSIT_HEAD = f"POST /api/players/player-42/deposits HTTP/1.1\r\nHost: wallet\r\n{ADMIN}\r\n"
+DEPOSIT = deposit_body("refused-by-gunicorn")
+REFUSED = [
+    ("two Content-Length headers", 400, f"Content-Length: {len(DEPOSIT)}\r\nContent-Length: {len(DEPOSIT)}\r\n"),
+    ("a negative Content-Length", 400, "Content-Length: -1\r\n"),
+    ("a Content-Length that is no number", 400, "Content-Length: 1e3\r\n"),
+    ("Transfer-Encoding and Content-Length", 400,
+     f"Transfer-Encoding: chunked\r\nContent-Length: {len(DEPOSIT)}\r\n"),
+    ("chunked twice", 400, "Transfer-Encoding: chunked, chunked\r\n"),
+    ("a coding but not chunked", 400, "Transfer-Encoding: gzip\r\n"),
+    ("an unknown transfer coding", 400, "Transfer-Encoding: zstd-ish\r\n"),  # gunicorn says 501
+    ("two Content-Type headers", 400, "Content-Type: application/json\r\nContent-Type: text/plain\r\n"),
+    ("an unmet Expect", 417, "Expect: 200-ok\r\n"),
+    ("a header name with a space", 400, "Content Length: 3\r\n"),
+    ("a header past 8190 bytes", 431, "X-Pad: " + "x" * 8190 + "\r\n"),
+    ("101 headers", 431, "".join(f"X-Pad-{n}: x\r\n" for n in range(101))),
+]
+
+
+@pytest.mark.parametrize("name, status, headers", REFUSED, ids=[name for name, _, _ in REFUSED])
+def test_gunicorns_own_refusals_are_json(server, untouched, name, status, headers):
+    answer = server.raw((DEPOSIT_HEAD + "Content-Type: application/json\r\n" * ("Content-Type" not in headers)
+                         + headers + "\r\n").encode() + DEPOSIT)
+    assert answer.status == status, answer
+    assert set(answer.json) == {"error", "message"} and answer.json["message"], answer
+    assert answer.json["error"] == {400: "bad_request", 417: "expectation_failed",
+                                    431: "request_header_fields_too_large"}[status]
+    assert answer.headers["connection"] == "close"
+    assert "Invalid request from ip=127.0.0.1" in server.log()  # gunicorn still logs each one
+
+
+@pytest.mark.parametrize("line", [
+    b"GET /healthz\r\n",  # no version
+    b"get /healthz HTTP/1.1\r\n",  # lower-case method
+    b"GET /healthz HTTP/2.7\r\n",
+    b"GET healthz HTTP/1.1\r\n",
+    b"GET /health\xffz HTTP/1.1\r\n",  # a raw byte that should have been percent-encoded
+    b"GET /healthz HTTP/1.1\n",  # bare LF
+], ids=["no version", "lower-case method", "HTTP/2.7", "no slash", "raw byte", "bare LF"])
+def test_a_malformed_request_line_is_a_json_400(server, untouched, line):
+    answer = server.raw(line + b"Host: wallet\r\n\r\n")
+    assert answer.status == 400, answer
+    assert answer.json["error"] == "bad_request"
+
+
+def test_the_request_line_limit_is_gunicorns_largest_and_answers_json_414(server, untouched):
+    def line_of(length):
+        head, tail = "GET /", " HTTP/1.1"
+        return (head + "x" * (length - len(head) - len(tail)) + tail).encode()
+    assert len(line_of(8190)) == 8190
+    fits = server.raw(line_of(8190) + b"\r\nHost: wallet\r\n\r\n")
+    assert fits.status == 404 and fits.json["error"] == "not_found"  # through to the app
+    too_long = server.raw(line_of(8191) + b"\r\nHost: wallet\r\n\r\n")
+    assert too_long.status == 414, too_long
+    assert too_long.json == {"error": "request_uri_too_long",
+                             "message": "URI Too Long: Request Line is too large (8191 > 8190)"}
+
+
+def test_the_longest_request_the_api_serves_fits_the_request_line(server):
+    """GET /api/games with every filter at its longest: a player id and a cursor holding a game
+    id of 255 four-byte characters, percent-encoded. It is longer than gunicorn's default
+    limit (4094), which would refuse it."""
+    player, game = "🎰" * 255, "🎰" * 255
+    for game_id in (game, game[:-1] + "a"):  # declined (the player has no wallet): nothing moves
+        start = body(START, **{"game.id": game_id, "session.playerId": player})
+        assert server.callback(start) == (200, {"result": False})
+    query = f"player_id={quote(player)}&status=declined&since={quote('2000-01-01T00:00:00.000+00:00')}&limit=1"
+    status, first = server.admin("GET", f"/api/games?{query}")
+    assert status == 200 and first["next_cursor"], first
+    line = f"GET /api/games?{query}&cursor={quote(first['next_cursor'])} HTTP/1.1".encode()
+    assert 7000 < len(line) <= 8190
+    answer = server.raw(line + f"\r\nHost: wallet\r\n{ADMIN}\r\n\r\n".encode())
+    assert answer.status == 200, answer
+    pages = [first["games"][0]["game_id"], *(each["game_id"] for each in answer.json["games"])]
+    assert sorted(pages) == sorted([game, game[:-1] + "a"])
