@@ -12,6 +12,7 @@ import cli
 import db
 import errors
 import openapi
+import paths
 import simulator
 import wallet
 
@@ -28,9 +29,15 @@ ENVIRONMENT = (
 )
 
 
+class WalletFlask(Flask):
+    """Flask, routing on the path as the client sent it: every segment means one thing (paths.py)."""
+
+    url_map_class = paths.SegmentMap
+
+
 def create_app(test_config=None):
     """Create the app: configuration, logging, database schema, routes and commands."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = WalletFlask(__name__, instance_relative_config=True, static_folder=None)  # serves no files
     app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
     app.config.from_mapping(
         DATABASE_URL=None,
@@ -52,6 +59,7 @@ def create_app(test_config=None):
 
     errors.register(app)
     db.init_app(app, create=_serving())
+    paths.init_app(app)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)

@@ -7,6 +7,7 @@ import time
 
 from flask import Blueprint, current_app, g, jsonify, request
 
+import bodies
 import db
 import schemas
 import wallet
@@ -47,7 +48,7 @@ def callback(token):
     g.started = time.perf_counter()
     _authorise(token)
     g.audit = {"received_at": wallet.now_ms(), "started": g.started}
-    g.audit["body"] = raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    g.audit["body"] = raw = bodies.read_body()  # a body refused (413, 400) is audited without it
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the callback as Content-Type: application/json.")
     payload = schemas.parse_json(raw)

@@ -3,6 +3,9 @@
 from flask import jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+
+UNEXPECTED = ("internal_error", "An unexpected error occurred.")  # every 500: no detail leaks
 
 import db
 
@@ -35,8 +38,10 @@ def error_response(status, code, message, fields=None):
     return response
 
 
-def _http_code(exc):
-    return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+def code_for_status(status):
+    """The code for a refusal known by its HTTP status alone: the status's name, e.g. 413 is
+    `request_entity_too_large` (werkzeug's, and gunicorn's own refusals, see serving.py)."""
+    return HTTP_STATUS_CODES.get(status, "Unknown Error").lower().replace(" ", "_").replace("'", "")
 
 
 def register(app):
@@ -62,7 +67,7 @@ def register(app):
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc):
-        response = error_response(exc.code, _http_code(exc), exc.description)
+        response = error_response(exc.code, code_for_status(exc.code), exc.description)
         for name, value in exc.get_headers():
             if name.lower() not in ("content-type", "content-length"):
                 response.headers[name] = value
@@ -71,4 +76,4 @@ def register(app):
     @app.errorhandler(Exception)
     def handle_unexpected(exc):
         app.logger.exception("unhandled error")
-        return error_response(500, "internal_error", "An unexpected error occurred.")
+        return error_response(500, *UNEXPECTED)

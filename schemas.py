@@ -1,5 +1,6 @@
 """Exact JSON parsing and the marshmallow schemas for callbacks and the operator API."""
 
+import collections
 import datetime
 import decimal
 import json
@@ -16,6 +17,7 @@ MAX_EPOCH_MS = 10**14  # far beyond any real clock; keeps stored values sane
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 EPOCH_DIGITS = re.compile(r"[0-9]{1,15}")  # epoch milliseconds in a query string; ASCII digits only
 MAX_DEPTH = 64  # objects and arrays inside each other; a callback needs 3
+SHOWN_DUPLICATES = 5  # duplicate keys an error message names; a body may repeat thousands
 GAME_STATUSES = ("open", "won", "lost", "refunded", "declined")
 CALLBACK_OUTCOMES = ("accepted", "declined", "duplicate", "conflict", "invalid", "ignored")
 
@@ -25,11 +27,18 @@ def _reject_constant(name):
 
 
 def _unique_keys(pairs):
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        duplicates = sorted({key for key in keys if keys.count(key) > 1})
-        raise ValueError(f"duplicate key(s) {', '.join(map(repr, duplicates))}")
-    return dict(pairs)
+    """Build a JSON object from its (key, value) pairs, refusing a key given twice.
+
+    Linear in the number of keys, found or not: a 60 KiB object holds thousands of keys, and
+    counting each key against all the others cost half a second of a worker's CPU.
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        duplicates = sorted(key for key, count in collections.Counter(key for key, _ in pairs).items() if count > 1)
+        named = ", ".join(map(repr, duplicates[:SHOWN_DUPLICATES]))
+        more = len(duplicates) - SHOWN_DUPLICATES
+        raise ValueError(f"duplicate key(s) {named}" + (f" and {more} more" if more > 0 else ""))
+    return obj
 
 
 def parse_json(raw):

@@ -464,11 +464,20 @@ def wallet_view(db, player_id, currency, now=None):
     ).fetchall()
     waits = [(game_id, credit, show_in_ms(delay, sent, received, now)) for game_id, credit, delay, sent, received in rows]
     pending = [(game_id, credit, wait) for game_id, credit, wait in waits if wait > 0]
+    # A withdrawal or a bet may have spent wins not shown yet: the display never goes below
+    # zero, and the pending amounts are cut (the first to show kept whole) so that the display
+    # plus what is still to show is always the balance.
+    display = max(wallet[1] - sum(credit for _, credit, _ in pending), 0)
+    left, shown = wallet[1] - display, {}
+    for game_id, credit, _ in sorted(pending, key=lambda item: item[2]):
+        shown[game_id] = min(credit, left)
+        left -= shown[game_id]
+    pending = [(game_id, shown[game_id], wait) for game_id, _, wait in pending if shown[game_id] > 0]
     return {
         "player_id": player_id,
         "currency": currency,
         "balance": to_text(wallet[1], currency),
-        "display_balance": to_text(wallet[1] - sum(credit for _, credit, _ in pending), currency),
+        "display_balance": to_text(display, currency),
         "pending": [
             {"game_id": game_id, "amount": to_text(credit, currency), "show_in_ms": wait}
             for game_id, credit, wait in pending

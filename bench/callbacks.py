@@ -271,7 +271,9 @@ def free_port():
 
 
 PROFILE_CONFIG = """
-import cProfile, os, time
+import cProfile, os, runpy, time
+# -c replaces the repository's gunicorn.conf.py: take its settings (worker class, limits) first.
+globals().update((k, v) for k, v in runpy.run_path("gunicorn.conf.py").items() if not k.startswith("__"))
 _profiles = {}
 
 def post_worker_init(worker):  # the app is loaded: profile the requests, not the imports
@@ -737,7 +739,8 @@ def main():
                              "sqlite3 execute); cpu: only what the workers compute")
     parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
                         help="extra gunicorn argument, repeatable, e.g. --gunicorn-arg=-c "
-                             "--gunicorn-arg=/tmp/hooks.py for your own worker hooks")
+                             "--gunicorn-arg=/tmp/hooks.py for your own worker hooks (a -c file "
+                             "replaces gunicorn.conf.py: load it first, as --profile's does)")
     args = parser.parse_args()
     for name in ("workers", "connections", "repeat", "client_processes", "players", "history_players"):
         if getattr(args, name) < 1:

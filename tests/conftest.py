@@ -1,4 +1,5 @@
 import atexit
+import contextlib
 import copy
 import itertools
 import json
@@ -333,6 +334,31 @@ def audit(target):
 @pytest.fixture
 def wallet(client, app):
     return Wallet(client, app)
+
+
+@contextlib.contextmanager
+def module_gunicorn(request, tmp_path_factory, name, **options):
+    """One real gunicorn for a whole module, on a fresh database of the engine the module
+    fixture is parametrised with (request.param); stopped, its database dropped, after."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
+    from live import Gunicorn
+
+    folder = tmp_path_factory.mktemp(name)
+    databases = None
+    if request.param == "postgresql":
+        databases = PostgresDatabases(request.getfixturevalue("postgres_server"))
+        database = databases(name)
+    else:
+        database = folder / "wallet.db"
+    running = Gunicorn(database, name=name, log_dir=folder, **options)
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+        forget_stores([database])
+        if databases is not None:
+            databases.close()
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
 """A real gunicorn serving the app, for the tests where separate processes matter.
 
 `Gunicorn(...)` starts `python -m gunicorn "app:create_app()"` in the repository root, as
-the Procfile does, on a database file of the test's choosing, in its own process group
-(so a test can `kill()` the master and every worker at once, as a crash would) and waits
-for /healthz. Use it through the `gunicorn` fixture in conftest.py, which stops every
-server a test started.
+the Procfile does (so it reads gunicorn.conf.py), on a database file of the test's choosing,
+in its own process group (so a test can `kill()` the master and every worker at once, as a
+crash would) and waits for /healthz. Use it through the `gunicorn` fixture in conftest.py,
+which stops every server a test started.
 """
 
 import decimal
+import errno
 import http.client
 import itertools
 import json
@@ -52,6 +53,26 @@ def children(pid):
         if int(ppid) == pid and state != "Z":
             found.add(int(entry.name))
     return found
+
+
+class RawAnswer:
+    """An HTTP answer read off a socket: status, headers (lower-case names) and body."""
+
+    def __init__(self, data):
+        head, _, self.body = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split(" ")[1])
+        self.headers = {name.strip().lower(): value.strip()
+                        for name, _, value in (line.partition(":") for line in lines)}
+
+    @property
+    def json(self):
+        """The body as JSON, asserting the answer says it is JSON."""
+        assert self.headers.get("content-type") == "application/json", (self.status, self.headers, self.body)
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"RawAnswer({self.status}, {self.body[:300]!r})"
 
 
 class Gunicorn:
@@ -147,6 +168,33 @@ class Gunicorn:
             return response.status, json.loads(raw)
         except ValueError:
             return response.status, raw.decode(errors="replace")
+
+    def raw(self, data, close="write", timeout=REQUEST_TIMEOUT):
+        """Send bytes as they are on a fresh connection; return the answer as a RawAnswer.
+
+        `close` is what the client does after sending: "write" half-closes (the server sees
+        the end of the request but can still answer), "all" hangs up without reading (a
+        client gone: the answer is None), None sends nothing more and waits for the answer.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            try:
+                sock.sendall(data)
+                if close == "all":
+                    return None
+                if close == "write":
+                    sock.shutdown(socket.SHUT_WR)
+            except OSError as error:
+                # A server refusing a body before its end answers and closes without reading
+                # the rest; the answer is still there to read.
+                if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    raise
+            received = bytearray()
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:  # ...and its close resets the connection after the answer
+                pass
+        return RawAnswer(bytes(received))
 
     def callback(self, payload):
         return self.request("POST", f"/callback/{CALLBACK_TOKEN}", payload)

@@ -1,5 +1,6 @@
 """The operator API: deposits and withdrawals once per reference, balances with pending wins."""
 
+import decimal
 import time
 
 import pytest
@@ -120,6 +121,48 @@ def test_a_pending_win_leaves_pending_once_its_delay_runs_out(wallet):
     time.sleep(0.25)
     view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
     assert view["pending"] == [] and view["display_balance"] == view["balance"] == "11.00"
+
+
+def shown(view):
+    """(balance, display_balance, {game: pending amount}), checking the display plus what is
+    still to show is the balance."""
+    pending = {item["game_id"]: item["amount"] for item in view["pending"]}
+    total = decimal.Decimal(view["display_balance"]) + sum(map(decimal.Decimal, pending.values()))
+    assert total == decimal.Decimal(view["balance"]), view
+    return view["balance"], view["display_balance"], pending
+
+
+def test_withdrawing_a_win_not_shown_yet_never_takes_the_display_below_zero(wallet):
+    wallet.deposit("5.00")
+    wallet.start(bet=1)
+    wallet.finish(payout=3, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 600_000})
+    assert shown(wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json) == (
+        "7.00", "4.00", {"g-1": "3.00"})
+    withdrawn = wallet.withdraw("7.00")
+    assert withdrawn.status_code == 201
+    assert shown(withdrawn.json) == ("0.00", "0.00", {})
+    assert shown(wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json) == (
+        "0.00", "0.00", {})
+
+
+def test_a_win_partly_spent_shows_only_what_is_left_of_it(wallet):
+    wallet.deposit("5.00")
+    wallet.start(bet=1)
+    wallet.finish(payout=3, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 600_000})
+    assert shown(wallet.withdraw("6.00").json) == ("1.00", "0.00", {"g-1": "1.00"})
+    [balances] = wallet.client.get("/api/players/player-42/balances", headers=wallet.admin).json["balances"]
+    assert shown(balances) == ("1.00", "0.00", {"g-1": "1.00"})
+
+
+def test_wins_spent_by_a_bet_keep_the_first_to_show_whole(wallet):
+    wallet.deposit("1.00")
+    now = wallet_rules.now_ms()
+    wallet.start(game_id="g-1", bet=1)
+    wallet.finish(game_id="g-1", payout=3, **{"time": now, "data.balanceUpdateDelay": 600_000})
+    wallet.start(game_id="g-2", bet=1)  # staked out of the 3.00 not shown yet
+    wallet.finish(game_id="g-2", payout=2, **{"time": now, "data.balanceUpdateDelay": 300_000})
+    view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
+    assert shown(view) == ("4.00", "0.00", {"g-1": "2.00", "g-2": "2.00"})
 
 
 @pytest.mark.parametrize(

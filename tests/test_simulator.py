@@ -9,15 +9,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import app as app_module
 import db
 import simulator
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, ENGINES, PostgresDatabases, audit, books
-from live import ROOT, Gunicorn, free_port
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, ENGINES, audit, books, module_gunicorn
+from live import ROOT, free_port
 
 GAME_LINE = re.compile(r"^(sim-\S+)\s+\S+\s+bet (\S+)\s+(win|lose|declined)\s+(?:x\S+\s+)?credit (\S+)", re.M)
 
@@ -25,22 +24,8 @@ GAME_LINE = re.compile(r"^(sim-\S+)\s+\S+\s+bet (\S+)\s+(win|lose|declined)\s+(?
 def server(request, tmp_path_factory):
     """`gunicorn --workers 2 app:create_app()` on a fresh database of each engine, for the
     whole module."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
-    folder = tmp_path_factory.mktemp("simulator")
-    databases = None
-    if request.param == "postgresql":
-        databases = PostgresDatabases(request.getfixturevalue("postgres_server"))
-        database = databases("simulator")
-    else:
-        database = folder / "wallet.db"
-    running = Gunicorn(database, log_dir=folder, workers=2)
-    try:
-        yield running.start()
-    finally:
-        running.stop()
-        if databases is not None:
-            databases.close()
+    with module_gunicorn(request, tmp_path_factory, "simulator", workers=2) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,75 @@
+"""gunicorn's own refusals, answered with the service's JSON error body.
+
+gunicorn refuses some requests itself, before the app sees them: bad framing (two
+Content-Length headers, a negative one, both Transfer-Encoding and Content-Length, an
+unknown transfer coding), a request line or headers past the limits in gunicorn.conf.py.
+It answers those with an HTML page (and an unknown transfer coding with a 501, here a 400). `JsonRefusals` mixed into the worker class keeps
+everything gunicorn decides (the status, the WARNING "Invalid request from ip=..." it logs,
+the access log line, closing the connection) and writes {"error", "message"} instead.
+Such requests never reach the app, so they are not in the callbacks audit.
+"""
+
+import json
+
+from gunicorn import util
+from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
+
+import errors
+
+DETAIL_CHARS = 200  # gunicorn's reason may quote the whole request line
+
+
+class JsonRefusals:
+    """Mix into any gunicorn worker class, ahead of it: `class W(JsonRefusals, SyncWorker)`.
+
+    It overrides the `Worker.handle_error` every worker class shares (sync, gthread, gevent).
+    """
+
+    def handle_error(self, req, client, addr, exc):
+        if isinstance(exc, UnsupportedTransferCoding):
+            # gunicorn answers 501; here bad input is never a 5xx (README), so it is the 400 of
+            # any other bad Transfer-Encoding, logged and access-logged as such.
+            exc = InvalidHeader(f"TRANSFER-ENCODING {exc.hdr}", req=req)
+        page = _Page()
+        super().handle_error(req, page, addr, exc)  # classifies, logs, writes its page to `page`
+        try:
+            _, status, reason = page.data.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            status = int(status)
+        except ValueError:  # no page, or not one we can read: send what gunicorn wrote, as it is
+            answer = page.data
+        else:
+            answer = _response(status, reason, _body(status, reason, exc))
+        if not answer:
+            return
+        try:
+            util.write_nonblock(client, answer)
+        except Exception:  # the client may be gone; gunicorn ignores this failure the same way
+            self.log.debug("Failed to send error message.")
+
+
+class _Page:
+    """Stands in for the client's socket while gunicorn writes its page, and keeps it."""
+
+    data = b""
+
+    def gettimeout(self):
+        return 0.0  # "non-blocking": gunicorn's write_nonblock then just writes
+
+    def sendall(self, data):
+        self.data += data
+
+
+def _body(status, reason, exc):
+    if status >= 500:
+        return errors.error_body(*errors.UNEXPECTED)
+    detail = str(exc)
+    if len(detail) > DETAIL_CHARS:
+        detail = detail[:DETAIL_CHARS] + "..."
+    return errors.error_body(errors.code_for_status(status), f"{reason}: {detail}")
+
+
+def _response(status, reason, body):
+    payload = (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n")
+    return head.encode("latin-1") + payload
