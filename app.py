@@ -58,7 +58,8 @@ def create_app(test_config=None):
     _configure_logging(app)
 
     errors.register(app)
-    db.init_app(app, create=_serving())
+    serving = _serving()
+    db.init_app(app, create=serving)
     paths.init_app(app)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
@@ -78,7 +79,7 @@ def create_app(test_config=None):
             return jsonify({"status": "unavailable", "error": "database_unavailable", "message": str(exc)}), 503
         return jsonify({"status": "ok"})
 
-    if app.config["CALLBACK_TOKEN"] is None:
+    if app.config["CALLBACK_TOKEN"] is None and serving:
         app.logger.warning(
             "CALLBACK_TOKEN is not set: anyone who can reach POST /callback can move money. "
             "Set CALLBACK_TOKEN and give the provider the URL /callback/<CALLBACK_TOKEN>."

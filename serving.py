@@ -1,4 +1,5 @@
-"""gunicorn's own refusals, answered with the service's JSON error body.
+"""What gunicorn needs beyond the app (gunicorn.conf.py calls into it): a check before any
+worker starts, and gunicorn's own refusals answered with the service's JSON error body.
 
 gunicorn refuses some requests itself, before the app sees them: bad framing (two
 Content-Length headers, a negative one, both Transfer-Encoding and Content-Length, an
@@ -10,11 +11,12 @@ Such requests never reach the app, so they are not in the callbacks audit.
 """
 
 import json
+import os
+import sys
+import traceback
 
 from gunicorn import util
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
-
-import errors
 
 DETAIL_CHARS = 200  # gunicorn's reason may quote the whole request line
 
@@ -60,6 +62,8 @@ class _Page:
 
 
 def _body(status, reason, exc):
+    import errors  # in the worker: the master imports none of the app (check_before_serving)
+
     if status >= 500:
         return errors.error_body(*errors.UNEXPECTED)
     detail = str(exc)
@@ -73,3 +77,39 @@ def _response(status, reason, body):
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n")
     return head.encode("latin-1") + payload
+
+
+def check_before_serving():
+    """Refuse to start, with one clear line, on a configuration the app refuses or a database
+    it cannot reach (a wrong password, host or scheme in DATABASE_URL), before any worker
+    boots: a worker that fails to boot would stop gunicorn with a traceback instead.
+
+    The app is built in a forked child, so the master imports none of it: a gevent worker
+    must patch the standard library before the app's modules (psycopg among them) load.
+    """
+    pid = os.fork()
+    if pid == 0:
+        os._exit(_check())
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(1)  # the child said why
+
+
+def _check():
+    import app as app_module
+    import db
+
+    try:
+        made = app_module.create_app()
+        try:
+            with made.app_context():
+                db.get_db().ping()
+        finally:
+            db.close_all(made)
+    except (db.StartupError, db.DatabaseUnavailable) as error:
+        print(f"The service cannot start: {error}", file=sys.stderr, flush=True)
+        return 1
+    except Exception:  # not a configuration problem: a bug, shown whole
+        traceback.print_exc()
+        return 1
+    return 0

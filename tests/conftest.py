@@ -145,14 +145,14 @@ def database(new_database):
 
 
 @pytest.fixture
-def make_app(database):
-    """Build apps on the test's fresh database (or on `database=` another URL or file);
-    close their connections afterwards."""
+def app_on():
+    """Build apps on given databases (a URL or a file path), whatever the test's engine:
+    app_on(target, **config); their connections are closed after the test."""
     made = []
 
-    def make(database=database, **config):
+    def make(target, **config):
         settings = {
-            **store_settings(str(database)),
+            **store_settings(str(target)),
             "CALLBACK_TOKEN": CALLBACK_TOKEN,
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "CURRENCY_DECIMALS": "USD=2,EUR=2",
@@ -164,6 +164,16 @@ def make_app(database):
     yield make
     for each in made:
         db.close_all(each)
+
+
+@pytest.fixture
+def make_app(database, app_on):
+    """Build apps on the test's fresh database (or on `database=` another URL or file)."""
+
+    def make(database=database, **config):
+        return app_on(database, **config)
+
+    return make
 
 
 @pytest.fixture

@@ -32,6 +32,15 @@ REQUEST_TIMEOUT = 30
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def flask_cli(*args, **environment):
+    """Run `flask --app app ARGS` as an operator would: a process of its own, in the repository
+    root, with the machine's environment less the service's settings plus `environment`."""
+    env = {key: value for key, value in os.environ.items() if key not in app_module.ENVIRONMENT}
+    env.update(environment)
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,20 +107,7 @@ class Gunicorn:
 
     def start(self):
         """Start on a free port and wait until every worker is up; fail the test with the log if not."""
-        self.port = free_port()
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--workers", str(self.workers_wanted),
-            "--bind", f"127.0.0.1:{self.port}",
-            "--no-control-socket",  # not the shared ~/.gunicorn/gunicorn.ctl of other servers
-            # %(p)s is the id of the worker that served the request.
-            "--access-logfile", str(self.access_log),
-            "--access-logformat", "%(p)s %(s)s %(m)s %(U)s",
-            "app:create_app()",
-        ]
-        with open(self.error_log, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log, start_new_session=True)
+        self._spawn()
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -127,6 +123,31 @@ class Gunicorn:
                     return self
             time.sleep(0.05)
         pytest.fail(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{self.log()}")
+
+    def refused(self):
+        """Start it expecting it to refuse to start; return its exit code once it has exited."""
+        self._spawn()
+        try:
+            return self.process.wait(timeout=STARTUP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"gunicorn started instead of refusing to:\n{self.log()}")
+
+    def _spawn(self):
+        self.port = free_port()
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--workers", str(self.workers_wanted),
+            "--bind", f"127.0.0.1:{self.port}",
+            "--no-control-socket",  # not the shared ~/.gunicorn/gunicorn.ctl of other servers
+            # %(p)s is the id of the worker that served the request.
+            "--access-logfile", str(self.access_log),
+            "--access-logformat", "%(p)s %(s)s %(m)s %(U)s",
+            "app:create_app()",
+        ]
+        with open(self.error_log, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log, start_new_session=True)
 
     def stop(self):
         """Shut down gracefully (SIGTERM), killing it if it does not go within 10 s."""

@@ -2,6 +2,9 @@
 
 import json
 
+from conftest import store_settings
+from live import flask_cli
+
 
 def test_init_db_creates_the_schema(runner, app):
     result = runner.invoke(args=["init-db"])
@@ -54,3 +57,24 @@ def test_an_argument_that_was_not_utf8_is_refused(runner, wallet):
         result = runner.invoke(args=["wallet", *args])
         assert result.exit_code == 2 and "is not valid UTF-8 text" in result.output, (args, result.output)
     assert wallet.books()["wallets"] == {}
+
+
+def test_a_command_refuses_a_database_that_is_not_there(new_database, engine):
+    """A command pointed at the wrong place says so in one line (exit 1) and creates nothing:
+    a SQLite file that does not exist, a PostgreSQL database without the wallet's tables."""
+    target = new_database("elsewhere")  # SQLite: a path with no file; PostgreSQL: an empty database
+    result = flask_cli("wallet", "reconcile", **store_settings(target))
+    assert result.returncode == 1, result
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    expected = f"Error: no database at {target}" if engine == "sqlite" else "holds no wallet tables"
+    assert expected in result.stderr and "init-db" in result.stderr
+    created = flask_cli("init-db", **store_settings(target))
+    assert created.returncode == 0, created
+    assert flask_cli("wallet", "reconcile", **store_settings(target)).returncode == 0
+
+
+def test_a_command_pointed_at_a_missing_folder_creates_nothing(tmp_path):
+    missing = tmp_path / "wrong" / "path.db"
+    result = flask_cli("wallet", "balance", "player-42", DATABASE_PATH=str(missing))
+    assert result.returncode == 1 and str(missing) in result.stderr
+    assert not (tmp_path / "wrong").exists()

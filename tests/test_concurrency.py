@@ -400,3 +400,67 @@ def test_a_worker_booting_while_the_fresh_database_is_being_made_waits(tmp_path,
     assert books(target)["wallets"] == {}  # the schema is there
     if engine == "sqlite":
         assert query(target, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_a_deposit_reference_replayed_at_once_moves_money_once(server):
+    """The operator's site retrying one deposit 30 times at once (on every instance): one
+    credit, one 201, and every other answer the same wallet with 200."""
+    deposit = {"currency": "USD", "amount": "25.00", "reference": "dep-storm"}
+    go = threading.Event()
+
+    def send(_):
+        go.wait()
+        return server.admin("POST", "/api/players/storm/deposits", deposit)
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        futures = [pool.submit(send, n) for n in range(30)]
+        go.set()
+        answers = [future.result() for future in futures]
+    assert sorted(status for status, _ in answers) == [200] * 29 + [201]
+    assert all(answer["balance"] == "25.00" for _, answer in answers), answers
+    state = books(server.database)
+    assert state["wallets"] == {("storm", "USD"): 2500}
+    assert [row[2:] for row in state["ledger"]] == [("deposit", None, "dep-storm")]
+    server.assert_healthy()
+
+
+def test_a_refund_racing_its_games_finish_lets_exactly_one_happen(server):
+    """For each open game, its refund and its finish are sent at the same instant (with two
+    instances, often to different ones): exactly one of them moves money."""
+    server.deposit("racer", "100.00", "dep-racer")
+    games = [f"race-{n}" for n in range(40)]
+    assert fire(server, [start(game, 1, "racer") for game in games]) == [(200, {"result": True})] * len(games)
+    requests = []
+    for game in games:
+        requests += [("refund", game), ("finish", game)]
+    random.Random(7).shuffle(requests)
+    go = threading.Event()
+
+    def send(request):
+        kind, game = request
+        go.wait()
+        if kind == "refund":
+            return server.admin("POST", f"/api/games/{game}/refund")
+        return server.callback(finish(game, 1, "racer", "win", 2))
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        futures = [pool.submit(send, request) for request in requests]
+        go.set()
+        answers = dict(zip(requests, (future.result() for future in futures)))
+    assert_no_server_error(answers.values())
+    refunded = {game for game in games if answers["refund", game][0] == 200}
+    paid = {game for game in games if answers["finish", game] == (200, {})}
+    assert refunded.isdisjoint(paid) and refunded | paid == set(games), (refunded, paid)
+    assert refunded and paid, "the race did not happen: every game went one way"
+    for game in refunded:
+        assert answers["finish", game][0] == 409 and "was refunded" in answers["finish", game][1]["message"]
+    for game in paid:
+        assert answers["refund", game][0] == 409 and answers["refund", game][1]["error"] == "conflict"
+    rows = collections.defaultdict(list)
+    state = books(server.database)
+    for _, amount, kind, game_id, _ in state["ledger"]:
+        rows[game_id].append((kind, amount))
+    for game in games:
+        assert rows[game] == [("bet", -100), ("refund", 100) if game in refunded else ("payout", 200)], game
+    assert state["wallets"][("racer", "USD")] == 10000 + 100 * len(paid)
+    server.assert_healthy()

@@ -162,6 +162,20 @@ def test_reconcile_finds_a_corrupted_row(runner, wallet, corruption, finding, en
     assert result.exit_code == 3 and "DISCREPANCY" in result.output
 
 
+def test_reconcile_sums_exactly_past_64_bit_totals(runner, wallet):
+    """Ten deposit-and-withdrawal pairs of 10^10 BTC (10^18 minor units each, the largest a
+    movement may be) take the currency's lifetime totals past 2^63: still summed exactly."""
+    for n in range(10):
+        assert wallet.deposit("10000000000", currency="BTC", reference=f"big-in-{n}").status_code == 201
+        assert wallet.withdraw("10000000000", currency="BTC", reference=f"big-out-{n}").status_code == 201
+    report = get(wallet, "/api/reconcile")
+    assert report.status_code == 200 and report.json["ok"] is True, report.json
+    totals = report.json["totals"]["BTC"]
+    assert totals["deposited"] == totals["withdrawn"] == "100000000000.00000000"
+    result = runner.invoke(args=["wallet", "reconcile"])
+    assert result.exit_code == 0 and "deposited 100000000000.00000000" in result.output
+
+
 # --- history ----------------------------------------------------------------------------
 
 
