@@ -1,10 +1,12 @@
 import copy
 import itertools
 import json
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import Verbosity, settings
 
 import app as app_module
 import db
@@ -12,6 +14,16 @@ import db
 CALLBACK_TOKEN = "cb-9f2c4e1a-secret"
 ADMIN_TOKEN = "admin-7d1e-secret"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the provider's examples, copied
+
+# CI (.ci/run runs with CI=true) loads "wallet-ci": hypothesis's own "ci" profile (the same
+# examples on every run, no example database, no deadline, the blob that replays a failure)
+# plus every example tried printed (pytest shows that output for failing tests only). A CI run
+# fails for a reason a re-run reproduces, never by chance. Local runs keep exploring: new random
+# examples each run, the .hypothesis/ database replaying the last failure. Test modules build
+# their settings objects when imported, after this file, so they inherit the profile.
+settings.register_profile("wallet-ci", parent=settings.get_profile("ci"), verbosity=Verbosity.verbose)
+if os.environ.get("CI") == "true":
+    settings.load_profile("wallet-ci")
 
 START = {
     "type": "start",
