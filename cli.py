@@ -1,4 +1,10 @@
-"""`flask --app app wallet ...`: the operator API's deposits, withdrawals and balances from a shell."""
+"""`flask --app app wallet ...`: the operator API's deposits, withdrawals and balances from a shell.
+
+Exit codes, the team's convention: 0 done; 1 failed, could not do it (refused input, e.g. an
+identifier or amount the API would answer 400, a missing or unusable database); 2 a usage
+error (click's own: an unknown option, a missing argument, an argument that is not UTF-8);
+3 found a problem (e.g. the books do not balance).
+"""
 
 import decimal
 import json
@@ -31,7 +37,12 @@ class _Text(click.ParamType):
 
 TEXT = _Text()
 
-wallet_cli = AppGroup("wallet", help="Move and read money, refund stuck bets, reconcile, list history, back up.")
+wallet_cli = AppGroup(
+    "wallet",
+    help="Move and read money, refund stuck bets, reconcile, list history, back up.\n\n"
+    "Exit codes: 0 done, 1 failed (refused input, database missing or unusable), "
+    "2 usage error, 3 found a problem (the books do not balance).",
+)
 
 
 def _echo(data):
@@ -147,7 +158,7 @@ def refund_stale(older_than, dry_run):
 @wallet_cli.command("reconcile")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def reconcile(as_json):
-    """Check that the books balance; exit 1 if they do not."""
+    """Check that the books balance; exit 3 (found a problem) if they do not."""
     report = books.reconcile(db.get_db())
     if as_json:
         _echo(report)
@@ -160,7 +171,7 @@ def reconcile(as_json):
             click.echo(f"DISCREPANCY: {problem}")
         click.echo("the books balance" if report["ok"] else f"{len(report['discrepancies'])} discrepancies")
     if not report["ok"]:
-        raise SystemExit(1)
+        raise SystemExit(3)
 
 
 GAME_COLUMNS = ("game_id", "status", "player_id", "currency", "bet", "payout", "credit", "started_at")

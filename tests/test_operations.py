@@ -158,7 +158,7 @@ def test_reconcile_finds_a_corrupted_row(runner, wallet, corruption, finding):
     assert report["ok"] is False
     assert any(finding in problem for problem in report["discrepancies"]), report["discrepancies"]
     result = runner.invoke(args=["wallet", "reconcile"])
-    assert result.exit_code == 1 and "DISCREPANCY" in result.output
+    assert result.exit_code == 3 and "DISCREPANCY" in result.output  # 3: found a problem
 
 
 # --- history ----------------------------------------------------------------------------
