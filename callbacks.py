@@ -82,9 +82,15 @@ def _labels(payload):
 
 
 def _label(value):
+    """A label as stored and logged, taken before validation: a well-formed identifier as it
+    is; anything else (a number, an object, text holding a NUL, a lone surrogate, a control or
+    another non-printing character) as JSON with every non-ASCII character escaped, so every
+    engine can store it, no log line breaks on it, and what was sent can still be read."""
     if value is None:
         return None
-    return (value if isinstance(value, str) else json.dumps(value, default=str))[:255]
+    if isinstance(value, str) and schemas.printable(value) and schemas.storable(value):
+        return value[:255]
+    return json.dumps(value, default=str)[:255]
 
 
 @bp.after_request

@@ -51,7 +51,7 @@ def _echo(data):
 
 def _move(kind, player, currency, amount, reference):
     def move():
-        schemas.player_schema.load({"player_id": player})
+        schemas.path_schema.load({"player_id": player})
         body = schemas.movement_schema.load(
             {"currency": currency, "amount": amount, "reference": reference or f"cli-{uuid.uuid4().hex}"}
         )
@@ -86,6 +86,7 @@ withdraw = _movement_command(
 @click.argument("currency", required=False, type=TEXT)
 def balance(player, currency):
     """Show PLAYER's wallet in CURRENCY, or in every currency."""
+    _identifiers(player_id=player, currency=currency)
     if currency is None:
         _echo({"player_id": player, "balances": wallet.player_wallets(db.get_db(), player)})
         return
@@ -93,6 +94,11 @@ def balance(player, currency):
     if view is None:
         raise click.ClickException(f"player {player!r} has no {currency} wallet")
     _echo(view)
+
+
+def _identifiers(**values):
+    """Refuse (exit 1, naming the field) an identifier the API would refuse in its path."""
+    _fail_on_api_error(schemas.path_schema.load, {k: v for k, v in values.items() if v is not None})
 
 
 def _fail_on_api_error(call, *args, **kwargs):
@@ -108,6 +114,7 @@ def _fail_on_api_error(call, *args, **kwargs):
 @click.argument("game_id", type=TEXT)
 def refund(game_id):
     """Return GAME_ID's stake to its wallet (a bet whose finish never came)."""
+    _identifiers(game_id=game_id)
     _status, body = _fail_on_api_error(wallet.refund_game, db.get_db(), game_id)
     _echo(body)
 
@@ -224,6 +231,7 @@ def games(as_json, **query):
 @_page_options
 def ledger(player_id, as_json, **query):
     """List PLAYER_ID's ledger rows, newest first."""
+    _identifiers(player_id=player_id)
     _print_page(schemas.ledger_query, books.list_ledger, "entries", LEDGER_COLUMNS, as_json, query, player_id)
 
 

@@ -59,7 +59,7 @@ def make_app(tmp_path):
             "DATABASE_PATH": str(tmp_path / "wallet.db"),
             "CALLBACK_TOKEN": CALLBACK_TOKEN,
             "ADMIN_TOKEN": ADMIN_TOKEN,
-            "CURRENCY_DECIMALS": "USD=2,EUR=2",
+            "CURRENCY_DECIMALS": "USD=2,EUR=2,BTC=8",
         }
         settings.update(config)
         made.append(app_module.create_app(settings))

@@ -53,7 +53,7 @@ NUMBER_LITERALS = [
     "-Infinity", "-0", "0e0", "0.0", "1.0", "999999999999.995", "0.005", "0.004", "1e12",
     "1e-7", "2.675", "0.1", "12345678901234567890.123456789012345678901234567890",
 ]
-# Numeric strings: what JSON_NUMBER accepts, and what it must not.
+# Numeric strings: plain decimals, which amounts accept, and with exponents, which they refuse.
 NUMERIC_STRINGS = st.from_regex(r"-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,25})?", fullmatch=True)
 ODD_STRINGS = st.sampled_from([
     "", " ", "  1", "1 ", "0x10", "1_000", "+1", ".5", "1.", "01", "NaN", "nan", "Infinity",
