@@ -6,6 +6,8 @@ answers against them.
 """
 
 import copy
+import json
+from pathlib import Path
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -15,6 +17,7 @@ from marshmallow import Schema, fields
 import schemas
 
 bp = Blueprint("openapi", __name__)
+EXAMPLES = Path(__file__).resolve().parent / "examples"  # the provider's callbacks, as the README shows them
 
 Money = fields.String  # amounts are answered as decimal strings, e.g. "11.50"
 
@@ -241,7 +244,9 @@ def build_spec():
         "description": "`start` answers `{\"result\": true|false}`, `finish` and any other type `{}`. "
         "With CALLBACK_TOKEN set the path is /callback/{token}; while rotating, CALLBACK_TOKEN holds "
         "two tokens (old,new) and both paths work.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "Callback"}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": "Callback", "examples": {
+            name: {"summary": summary, "value": json.loads((EXAMPLES / f"{name}.json").read_text())}
+            for name, summary in [("start", "A 1.00 USD bet"), ("finish-win", "Its win: 2.5 times the bet")]}}}},
         "responses": {
             "200": {"description": "Settled, declined, a duplicate, or an ignored type",
                     "content": {"application/json": {"schema": {"oneOf": [
@@ -260,7 +265,8 @@ def build_spec():
     player = _path("player_id", _identifier())
     movement = {
         "security": ADMIN,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "Movement"}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": "Movement", "examples": {
+            "usd": {"value": {"currency": "USD", "amount": "10.00", "reference": "dep-0001"}}}}}},
         "responses": {
             "201": {**_json("Wallet", "Applied"), "links": {
                 "GetWallet": _link("getWallet", "The wallet moved", player_id="$request.path.player_id",
