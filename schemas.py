@@ -116,8 +116,8 @@ def _char_class(predicate):
 # not print, so two ids differing only by them would look the same to a person.
 NON_PRINTING = _char_class(lambda char: unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp") and char != " ")
 SPACES = _char_class(str.isspace)  # what Python's str.strip() removes
-# An identifier (player, currency, game id, session id, reference): printing characters and
-# spaces, at least one of them not a space.
+# An identifier (player, game id, session id, reference; a currency has its own rule below):
+# printing characters and spaces, at least one of them not a space.
 IDENTIFIER = re.compile(f"^[^{NON_PRINTING}]*[^ {NON_PRINTING}][^{NON_PRINTING}]*$")
 # Any other stored text (callback type, game name, round): not blank, and no NUL, which
 # PostgreSQL cannot store in text.
