@@ -28,10 +28,15 @@ def require_admin_token():
                        headers={"WWW-Authenticate": "Bearer"})
 
 
+@bp.before_request
+def check_path():
+    """Refuse (400, naming the field) a player, currency or game id no identifier may be."""
+    schemas.load(schemas.path_schema, request.view_args or {}, "path")
+
+
 def _movement(kind, player_id):
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the request as Content-Type: application/json.")
-    schemas.player_schema.load({"player_id": player_id})
     body = schemas.movement_schema.load(schemas.parse_json(bodies.read_body()))
     status, wallet_body = wallet.move_funds(
         get_db(), kind, player_id, body["currency"], body["amount"], body["reference"]
@@ -76,7 +81,8 @@ def refund(game_id):
 @bp.get("/games")
 def games():
     """List games, newest start first."""
-    return jsonify(books.list_games(get_db(), **schemas.games_query.load(request.args)))
+    query = schemas.load(schemas.games_query, request.args, "query string")
+    return jsonify(books.list_games(get_db(), **query))
 
 
 @bp.get("/games/<game_id>")
@@ -91,13 +97,15 @@ def game(game_id):
 @bp.get("/players/<player_id>/ledger")
 def ledger(player_id):
     """List a player's ledger rows, newest first."""
-    return jsonify(books.list_ledger(get_db(), player_id, **schemas.ledger_query.load(request.args)))
+    query = schemas.load(schemas.ledger_query, request.args, "query string")
+    return jsonify(books.list_ledger(get_db(), player_id, **query))
 
 
 @bp.get("/callbacks")
 def callbacks():
     """List the callbacks received (the audit log), newest first."""
-    return jsonify(books.list_callbacks(get_db(), **schemas.callbacks_query.load(request.args)))
+    query = schemas.load(schemas.callbacks_query, request.args, "query string")
+    return jsonify(books.list_callbacks(get_db(), **query))
 
 
 @bp.get("/reconcile")

@@ -100,6 +100,7 @@ def _normalise_config(app):
     for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "DATABASE_URL"):
         config[key] = (config[key] or "").strip() or None
     try:
+        config["CALLBACK_TOKENS"] = callbacks.parse_tokens(config["CALLBACK_TOKEN"])
         config["CURRENCY_DECIMALS"] = wallet.parse_currency_decimals(config["CURRENCY_DECIMALS"])
         config["CALLBACK_NETWORKS"] = callbacks.parse_networks(config["CALLBACK_ALLOWED_IPS"])
         config["TRUSTED_PROXIES"] = int(config["TRUSTED_PROXIES"])

@@ -29,8 +29,8 @@ def decode_cursor(cursor, types):
         for part in key:
             if type(part) is int and not -(2**63) <= part < 2**63:
                 raise ValueError  # SQLite's integers are 64-bit
-            if type(part) is str and not storable(part):
-                raise ValueError
+            if type(part) is str and (not storable(part) or "\x00" in part):
+                raise ValueError  # text no engine stores: PostgreSQL's text holds no U+0000
         return key
     except (ValueError, UnicodeError, RecursionError):
         raise ApiError(400, "validation_error", "Invalid cursor.", {"cursor": ["Invalid cursor."]}) from None

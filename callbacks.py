@@ -22,8 +22,20 @@ def parse_networks(text):
     return [ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip()]
 
 
+def parse_tokens(text):
+    """Parse CALLBACK_TOKEN: one token, or two separated by a comma while rotating (old,new)."""
+    tokens = tuple(item.strip() for item in (text or "").split(",") if item.strip())
+    if len(tokens) > 2:
+        raise ValueError("CALLBACK_TOKEN holds one token, or two (old,new) while rotating")
+    return tokens
+
+
 def _authorise(token):
-    """Refuse (403/404) a caller outside CALLBACK_ALLOWED_IPS or without the right token."""
+    """Refuse (403/404) a caller outside CALLBACK_ALLOWED_IPS or without a right token.
+
+    Every configured token is compared, each in constant time; g.token says which one was used
+    by position (1 or 2, never the token itself), for the log line.
+    """
     allowed = current_app.config["CALLBACK_NETWORKS"]
     if allowed:
         try:
@@ -32,13 +44,16 @@ def _authorise(token):
             client = None
         if client is None or not any(client in network for network in allowed):
             raise ApiError(403, "forbidden", "This address may not send callbacks.")
-    expected = current_app.config["CALLBACK_TOKEN"]
-    if expected is None:
+    expected = current_app.config["CALLBACK_TOKENS"]
+    if not expected:
         if token is not None:
             raise ApiError(404, "not_found", "No CALLBACK_TOKEN is set: the callback URL is /callback.")
         return
-    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+    given = (token or "").encode()
+    matches = [hmac.compare_digest(given, each.encode()) for each in expected]
+    if token is None or not any(matches):
         raise ApiError(403, "forbidden", "Missing or wrong callback token in the callback URL.")
+    g.token = matches.index(True) + 1
 
 
 @bp.post("/callback", defaults={"token": None})
@@ -69,9 +84,15 @@ def _labels(payload):
 
 
 def _label(value):
+    """A label as stored and logged, taken before validation: a well-formed identifier as it
+    is; anything else (a number, an object, text holding a NUL, a lone surrogate, a control or
+    another non-printing character) as JSON with every non-ASCII character escaped, so every
+    engine can store it, no log line breaks on it, and what was sent can still be read."""
     if value is None:
         return None
-    return (value if isinstance(value, str) else json.dumps(value, default=str))[:255]
+    if isinstance(value, str) and schemas.printable(value) and schemas.storable(value):
+        return value[:255]
+    return json.dumps(value, default=str)[:255]
 
 
 @bp.after_request
@@ -94,7 +115,8 @@ def audit_and_log(response):
     if started is not None:
         audit = audit or {}
         current_app.logger.info(
-            "callback type=%s game=%s player=%s outcome=%s status=%s ms=%.1f",
+            "callback token=%s type=%s game=%s player=%s outcome=%s status=%s ms=%.1f",
+            g.get("token", "-"),
             audit.get("type"),
             audit.get("game_id"),
             audit.get("player_id"),

@@ -1,8 +1,10 @@
 """`flask --app app wallet ...`: the operator API's deposits, withdrawals and balances from a shell.
 
-Exit codes, the same for every command: 0 done; 1 failed (it could not be done: refused
-input, no database, the database unavailable); 2 a usage error (click's own); 3 done, and
-found a problem (the books do not balance, a copy differs from its source).
+Exit codes, the same for every command: 0 done; 1 failed, it could not be done (refused
+input, e.g. an identifier or amount the API would answer 400; no database; the database
+unavailable); 2 a usage error (click's own: an unknown option, a missing argument, an
+argument that is not UTF-8); 3 done, and found a problem (the books do not balance, a copy
+differs from its source).
 """
 
 import contextlib
@@ -50,7 +52,10 @@ class _WalletGroup(AppGroup):
 
 
 wallet_cli = _WalletGroup(
-    "wallet", help="Move and read money, refund stuck bets, reconcile, list history, back up, copy the books."
+    "wallet",
+    help="Move and read money, refund stuck bets, reconcile, list history, back up, copy the books.\n\n"
+    "Exit codes: 0 done, 1 failed (refused input, database missing or unavailable), "
+    "2 usage error, 3 found a problem (the books do not balance, a copy differs).",
 )
 
 
@@ -60,7 +65,7 @@ def _echo(data):
 
 def _move(kind, player, currency, amount, reference):
     def move():
-        schemas.player_schema.load({"player_id": player})
+        schemas.path_schema.load({"player_id": player})
         body = schemas.movement_schema.load(
             {"currency": currency, "amount": amount, "reference": reference or f"cli-{uuid.uuid4().hex}"}
         )
@@ -95,6 +100,7 @@ withdraw = _movement_command(
 @click.argument("currency", required=False, type=TEXT)
 def balance(player, currency):
     """Show PLAYER's wallet in CURRENCY, or in every currency."""
+    _identifiers(player_id=player, currency=currency)
     if currency is None:
         _echo({"player_id": player, "balances": wallet.player_wallets(db.get_db(), player)})
         return
@@ -102,6 +108,11 @@ def balance(player, currency):
     if view is None:
         raise click.ClickException(f"player {player!r} has no {currency} wallet")
     _echo(view)
+
+
+def _identifiers(**values):
+    """Refuse (exit 1, naming the field) an identifier the API would refuse in its path."""
+    _fail_on_api_error(schemas.path_schema.load, {k: v for k, v in values.items() if v is not None})
 
 
 def _fail_on_api_error(call, *args, **kwargs):
@@ -117,6 +128,7 @@ def _fail_on_api_error(call, *args, **kwargs):
 @click.argument("game_id", type=TEXT)
 def refund(game_id):
     """Return GAME_ID's stake to its wallet (a bet whose finish never came)."""
+    _identifiers(game_id=game_id)
     _status, body = _fail_on_api_error(wallet.refund_game, db.get_db(), game_id)
     _echo(body)
 
@@ -167,7 +179,7 @@ def refund_stale(older_than, dry_run):
 @wallet_cli.command("reconcile")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def reconcile(as_json):
-    """Check that the books balance; exit 3 if they do not (1 if they could not be checked)."""
+    """Check that the books balance; exit 3 (found a problem) if they do not, 1 if they could not be checked."""
     report = books.reconcile(db.get_db())
     if as_json:
         _echo(report)
@@ -233,6 +245,7 @@ def games(as_json, **query):
 @_page_options
 def ledger(player_id, as_json, **query):
     """List PLAYER_ID's ledger rows, newest first."""
+    _identifiers(player_id=player_id)
     _print_page(schemas.ledger_query, books.list_ledger, "entries", LEDGER_COLUMNS, as_json, query, player_id)
 
 

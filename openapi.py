@@ -5,6 +5,10 @@ schemas below describe the JSON the views return, and tests/test_openapi.py chec
 answers against them.
 """
 
+import copy
+import json
+from pathlib import Path
+
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, jsonify
@@ -13,6 +17,7 @@ from marshmallow import Schema, fields
 import schemas
 
 bp = Blueprint("openapi", __name__)
+EXAMPLES = Path(__file__).resolve().parent / "examples"  # the provider's callbacks, as the README shows them
 
 Money = fields.String  # amounts are answered as decimal strings, e.g. "11.50"
 
@@ -125,13 +130,38 @@ class StartAnswerSchema(Schema):
     result = fields.Boolean(required=True)
 
 
-def _amount(self, field, **kwargs):
-    """Amounts are accepted as JSON numbers or numeric strings."""
+class HealthSchema(Schema):
+    status = fields.String(required=True, metadata={"enum": ["ok", "unavailable"]})
+    error = fields.String(metadata={"enum": ["database_unavailable"], "description": "On 503 only."})
+
+
+def _field_rules(self, field, **kwargs):
+    """State the rules schemas.py checks that apispec cannot read from a field by itself."""
+    if isinstance(field, schemas.Milliseconds):
+        return {**field.schema(), "description": "Milliseconds, 0 to 600000 (a fraction rounds half-to-even)."}
     if isinstance(field, schemas.Amount):
-        return {"type": ["number", "string"], "description": "A decimal amount, below 10^12."}
-    if isinstance(field, schemas.TextOrInteger):
-        return {"type": ["string", "integer"]}
+        return {**field.schema(), "description": AMOUNT_TEXT}
+    if isinstance(field, schemas._OrInteger):
+        limit = field.INTEGER_LIMIT - 1
+        return {"type": ["string", "integer"], "minimum": -limit, "maximum": limit}
+    if isinstance(field, schemas.EpochMillis):
+        return {"description": "Epoch seconds (below 10^11) or milliseconds: an integer (1.5 is refused)."}
+    if isinstance(field, schemas.Since):
+        return {"anyOf": [{"type": "string", "pattern": schemas.EPOCH_DIGITS.pattern},
+                          {"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}],
+                "description": "Epoch milliseconds, or an ISO 8601 date or date-time (UTC when no offset is given)."}
+    if isinstance(field, schemas.Cursor):
+        return {"type": "string", "pattern": "^[A-Za-z0-9_=-]*$",
+                "description": "The `next_cursor` of the previous page (empty: the first page). "
+                "A value the service did not hand out is refused with 400."}
     return {}
+
+
+AMOUNT_TEXT = (
+    "A decimal in currency units: a JSON number, or a string in plain notation (\"1.50\"), below "
+    "10^12. It is rounded half-to-even to the currency's decimals; an amount that rounds to 0, or "
+    "past 10^18 minor units, is refused with 400 (a rule of the currency, which a schema cannot state)."
+)
 
 
 def _json(schema, description="OK"):
@@ -139,9 +169,14 @@ def _json(schema, description="OK"):
 
 
 ERRORS = {
-    "400": _json("Error", "Invalid input: malformed JSON or a validation error (with `fields`)."),
+    "400": _json("Error", "Invalid input: malformed JSON, or a validation error whose `fields` names "
+                 "what was wrong; the message says which part of the request (path, query string or body)."),
     "401": _json("Error", "Missing or wrong bearer token."),
     "403": _json("Error", "ADMIN_TOKEN is not configured."),
+}
+BODY_ERRORS = {
+    "413": _json("Error", "Body over 64 KiB."),
+    "415": _json("Error", "Not application/json."),
 }
 ADMIN = [{"bearer": []}]
 
@@ -150,89 +185,154 @@ def _parameters(schema, location):
     return [{"in": location, "schema": schema}]
 
 
+def _path(name, schema):
+    return {"in": "path", "name": name, "required": True, "schema": schema}
+
+
+def _identifier():
+    """An identifier in a path, as schemas.Identifier checks it."""
+    return {"type": "string", "minLength": 1, "maxLength": 255, "pattern": schemas.IDENTIFIER.pattern}
+
+
+def _link(operation, description, **parameters):
+    return {"operationId": operation, "description": description, "parameters": parameters}
+
+
+def _callback_variants(components):
+    """Split the Callback schema in three, as the service reads a callback: a `start`, a
+    `finish` (status win or lose, and a payout) or any other type, which needs only a `type`."""
+    callback = components.pop("Callback")
+    start = copy.deepcopy(callback)
+    start["properties"]["type"] = {"const": "start"}
+    finish = copy.deepcopy(start)
+    finish["properties"]["type"] = {"const": "finish"}
+    finish["properties"]["game"] = {"$ref": "#/components/schemas/FinishGame"}
+    game = copy.deepcopy(components["Game"])
+    game["properties"]["status"] = {**game["properties"]["status"], "enum": ["win", "lose"]}
+    game["required"] = sorted({*game["required"], "payout"})
+    components["FinishGame"] = game
+    other = {"type": "object", "required": ["type"], "properties": {"type": {
+        **callback["properties"]["type"], "not": {"enum": list(schemas.HANDLED_TYPES)}}},
+        "description": "Any other callback type: answered 200 {} and kept for review."}
+    components.update(StartCallback=start, FinishCallback=finish, OtherCallback=other)
+    components["Callback"] = {"oneOf": [{"$ref": f"#/components/schemas/{name}"}
+                                        for name in ("StartCallback", "FinishCallback", "OtherCallback")]}
+
+
 def build_spec():
     """Build the OpenAPI document."""
     plugin = MarshmallowPlugin()
     spec = APISpec("Callback wallet", "1.0.0", "3.1.0", plugins=[plugin],
-                   info={"description": "The provider's start/finish callbacks and the operator's API."})
-    plugin.converter.add_attribute_function(_amount)
+                   info={"description": "The provider's start/finish callbacks and the operator's API. "
+                         "Every answer of the app is JSON. A request line longer than gunicorn's limit "
+                         "(4094 bytes by default) is refused with 414 by the server, before the app."})
+    plugin.converter.add_attribute_function(_field_rules)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in [
         ("Error", ErrorSchema), ("Callback", schemas.CallbackSchema), ("Movement", schemas.MovementSchema),
         ("Wallet", WalletSchema), ("Balances", BalancesSchema), ("GameRecord", GameViewSchema),
         ("GameDetail", GameDetailSchema), ("GamesPage", GamesPageSchema), ("LedgerPage", LedgerPageSchema),
         ("CallbacksPage", CallbacksPageSchema), ("Refund", RefundSchema), ("Reconcile", ReconcileSchema),
-        ("StartAnswer", StartAnswerSchema),
+        ("StartAnswer", StartAnswerSchema), ("Health", HealthSchema),
     ]:
         spec.components.schema(name, schema=schema)
 
+    game_link = {"GetGame": _link("getGame", "The game this callback was about", game_id="$request.body#/game/id"),
+                 "RefundGame": _link("refundGame", "Refund it if its bet is open", game_id="$request.body#/game/id")}
     callback = {
         "summary": "The provider's start / finish callback",
         "description": "`start` answers `{\"result\": true|false}`, `finish` and any other type `{}`. "
-        "With CALLBACK_TOKEN set the path is /callback/{token}.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "Callback"}}},
+        "With CALLBACK_TOKEN set the path is /callback/{token}; while rotating, CALLBACK_TOKEN holds "
+        "two tokens (old,new) and both paths work.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": "Callback", "examples": {
+            name: {"summary": summary, "value": json.loads((EXAMPLES / f"{name}.json").read_text())}
+            for name, summary in [("start", "A 1.00 USD bet"), ("finish-win", "Its win: 2.5 times the bet")]}}}},
         "responses": {
             "200": {"description": "Settled, declined, a duplicate, or an ignored type",
                     "content": {"application/json": {"schema": {"oneOf": [
-                        {"$ref": "#/components/schemas/StartAnswer"}, {"type": "object", "maxProperties": 0}]}}}},
+                        {"$ref": "#/components/schemas/StartAnswer"}, {"type": "object", "maxProperties": 0}]}}},
+                    "links": game_link},
             "400": ERRORS["400"],
-            "403": _json("Error", "Wrong token or address."),
+            "403": _json("Error", "Wrong token or address (or no token while CALLBACK_TOKEN is set)."),
             "409": _json("Error", "A repeat that contradicts what is stored, or a finish with no accepted start."),
-            "413": _json("Error", "Body over 64 KiB."),
-            "415": _json("Error", "Not application/json."),
+            **BODY_ERRORS,
         },
     }
-    spec.path("/callback", operations={"post": callback})
-    spec.path("/callback/{token}", operations={"post": callback},
-              parameters=[{"in": "path", "name": "token", "required": True, "schema": {"type": "string"}}])
-    player = {"in": "path", "name": "player_id", "required": True, "schema": {"type": "string"}}
+    spec.path("/callback", operations={"post": {**callback, "operationId": "callback"}})
+    spec.path("/callback/{token}", parameters=[_path("token", {"type": "string"})], operations={"post": {
+        **callback, "operationId": "callbackWithToken", "responses": {
+            **callback["responses"], "404": _json("Error", "CALLBACK_TOKEN is not set: the URL is /callback.")}}})
+    player = _path("player_id", _identifier())
     movement = {
         "security": ADMIN,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "Movement"}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": "Movement", "examples": {
+            "usd": {"value": {"currency": "USD", "amount": "10.00", "reference": "dep-0001"}}}}}},
         "responses": {
-            "201": _json("Wallet", "Applied"),
+            "201": {**_json("Wallet", "Applied"), "links": {
+                "GetWallet": _link("getWallet", "The wallet moved", player_id="$request.path.player_id",
+                                   currency="$response.body#/currency"),
+                "GetLedger": _link("getLedger", "Its ledger", player_id="$request.path.player_id")}},
             "200": _json("Wallet", "The same reference and body again: the first answer"),
-            "409": _json("Error", "`reference_conflict`, or `insufficient_funds` for a withdrawal"),
-            **ERRORS,
+            "400": _json("Error", ERRORS["400"]["description"] + " A deposit in a currency outside a set "
+                         "CURRENCY_DECIMALS that the books do not hold: `unknown_currency`."),
+            "409": _json("Error", "`reference_conflict`, `insufficient_funds` for a withdrawal, "
+                         "`balance_limit` for a deposit past the largest balance"),
+            **{key: ERRORS[key] for key in ("401", "403")},
+            **BODY_ERRORS,
         },
     }
     spec.path("/api/players/{player_id}/deposits", parameters=[player],
-              operations={"post": {"summary": "Deposit", **movement}})
+              operations={"post": {"summary": "Deposit", "operationId": "deposit", **movement}})
     spec.path("/api/players/{player_id}/withdrawals", parameters=[player],
-              operations={"post": {"summary": "Withdraw", **movement}})
+              operations={"post": {"summary": "Withdraw", "operationId": "withdraw", **movement}})
     spec.path("/api/players/{player_id}/balances", parameters=[player], operations={
-        "get": {"summary": "A player's wallets", "security": ADMIN,
+        "get": {"summary": "A player's wallets", "operationId": "getWallets", "security": ADMIN,
                 "responses": {"200": _json("Balances"), **ERRORS}}})
     spec.path("/api/players/{player_id}/balances/{currency}", parameters=[
-        player, {"in": "path", "name": "currency", "required": True, "schema": {"type": "string"}}],
-        operations={"get": {"summary": "One wallet", "security": ADMIN,
+        player, _path("currency", {"type": "string", "pattern": schemas.CURRENCY.pattern})],
+        operations={"get": {"summary": "One wallet", "operationId": "getWallet", "security": ADMIN,
                             "responses": {"200": _json("Wallet"), "404": _json("Error", "No such wallet"), **ERRORS}}})
     spec.path("/api/players/{player_id}/ledger", parameters=[player], operations={
-        "get": {"summary": "A player's ledger, newest first", "security": ADMIN,
+        "get": {"summary": "A player's ledger, newest first", "operationId": "getLedger", "security": ADMIN,
                 "parameters": _parameters(schemas.LedgerQuery, "query"),
-                "responses": {"200": _json("LedgerPage"), **ERRORS}}})
-    game = {"in": "path", "name": "game_id", "required": True, "schema": {"type": "string"}}
+                "responses": {"200": {**_json("LedgerPage"), "links": {
+                    "GetGame": _link("getGame", "The game of the newest row", game_id="$response.body#/entries/0/game_id")}},
+                    **ERRORS}}})
+    game = _path("game_id", _identifier())
     spec.path("/api/games", operations={
-        "get": {"summary": "Games, newest start first", "security": ADMIN,
+        "get": {"summary": "Games, newest start first", "operationId": "getGames", "security": ADMIN,
                 "parameters": _parameters(schemas.GamesQuery, "query"),
-                "responses": {"200": _json("GamesPage"), **ERRORS}}})
+                "responses": {"200": {**_json("GamesPage"), "links": {
+                    "GetGame": _link("getGame", "The newest game", game_id="$response.body#/games/0/game_id"),
+                    "RefundGame": _link("refundGame", "Refund the newest game", game_id="$response.body#/games/0/game_id"),
+                    "GetWallet": _link("getWallet", "Its wallet", player_id="$response.body#/games/0/player_id",
+                                       currency="$response.body#/games/0/currency")}},
+                    **ERRORS}}})
     spec.path("/api/games/{game_id}", parameters=[game], operations={
-        "get": {"summary": "A game with its ledger rows and callbacks", "security": ADMIN,
-                "responses": {"200": _json("GameDetail"), "404": _json("Error", "No such game"), **ERRORS}}})
+        "get": {"summary": "A game with its ledger rows and callbacks", "operationId": "getGame", "security": ADMIN,
+                "responses": {"200": {**_json("GameDetail"), "links": {
+                    "RefundGame": _link("refundGame", "Refund it", game_id="$response.body#/game_id")}},
+                    "404": _json("Error", "No such game"), **ERRORS}}})
     spec.path("/api/games/{game_id}/refund", parameters=[game], operations={
-        "post": {"summary": "Refund an open bet (idempotent)", "security": ADMIN,
-                 "responses": {"200": _json("Refund"), "404": _json("Error", "No accepted bet"),
+        "post": {"summary": "Refund an open bet (idempotent)", "operationId": "refundGame", "security": ADMIN,
+                 "responses": {"200": {**_json("Refund"), "links": {
+                     "GetWallet": _link("getWallet", "The wallet refunded", player_id="$response.body#/wallet/player_id",
+                                        currency="$response.body#/wallet/currency")}},
+                               "404": _json("Error", "No accepted bet"),
                                "409": _json("Error", "Already settled"), **ERRORS}}})
     spec.path("/api/callbacks", operations={
-        "get": {"summary": "The audit log of callbacks, newest first", "security": ADMIN,
+        "get": {"summary": "The audit log of callbacks, newest first", "operationId": "getCallbacks", "security": ADMIN,
                 "parameters": _parameters(schemas.CallbacksQuery, "query"),
                 "responses": {"200": _json("CallbacksPage"), **ERRORS}}})
     spec.path("/api/reconcile", operations={
-        "get": {"summary": "Check that the books balance", "security": ADMIN,
+        "get": {"summary": "Check that the books balance", "operationId": "reconcile", "security": ADMIN,
                 "responses": {"200": _json("Reconcile"), **ERRORS}}})
-    spec.path("/healthz", operations={"get": {"summary": "Health after a database round-trip", "responses": {
-        "200": {"description": "Healthy"}, "503": {"description": "The database is unusable"}}}})
-    return spec.to_dict()
+    spec.path("/healthz", operations={"get": {"summary": "Health after a database round-trip", "operationId": "health",
+                                              "responses": {"200": _json("Health", "Healthy"),
+                                                            "503": _json("Health", "The database is unusable")}}})
+    document = spec.to_dict()
+    _callback_variants(document["components"]["schemas"])
+    return document
 
 
 @bp.get("/openapi.json")

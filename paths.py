@@ -16,7 +16,6 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 from werkzeug.routing import BaseConverter, Map
 
 from errors import ApiError
-from schemas import storable
 
 
 class NotUtf8:
@@ -68,16 +67,11 @@ def raw_path(environ):
 
 
 def init_app(app):
-    """Refuse, before any view or blueprint check runs, a path segment that is not UTF-8
-    or holds text no engine can store (U+0000)."""
+    """Refuse, before any view or blueprint check runs, a path segment that is not UTF-8."""
 
     @app.url_value_preprocessor
     def refuse_undecodable(endpoint, values):
-        fields = {}
-        for name, value in (values or {}).items():
-            if isinstance(value, NotUtf8):
-                fields[name] = ["Not valid UTF-8 once percent-decoded."]
-            elif isinstance(value, str) and not storable(value):
-                fields[name] = ["Must not hold U+0000."]
+        fields = {name: ["Not valid UTF-8 once percent-decoded."]
+                  for name, value in (values or {}).items() if isinstance(value, NotUtf8)}
         if fields:
-            raise ApiError(400, "validation_error", "A path segment is not valid UTF-8 or holds U+0000.", fields)
+            raise ApiError(400, "validation_error", "A path segment is not valid UTF-8.", fields)

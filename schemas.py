@@ -5,6 +5,7 @@ import datetime
 import decimal
 import json
 import re
+import unicodedata
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -14,12 +15,12 @@ AMOUNT_LIMIT = decimal.Decimal(10) ** 12  # in currency units, exclusive
 MAX_DELAY_MS = 600_000
 SECONDS_BELOW = 10**11  # an epoch below this is in seconds, otherwise milliseconds
 MAX_EPOCH_MS = 10**14  # far beyond any real clock; keeps stored values sane
-JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-EPOCH_DIGITS = re.compile(r"[0-9]{1,15}")  # epoch milliseconds in a query string; ASCII digits only
+EPOCH_DIGITS = re.compile(r"^[0-9]{1,15}$")  # epoch milliseconds in a query string; ASCII digits only
 MAX_DEPTH = 64  # objects and arrays inside each other; a callback needs 3
 SHOWN_DUPLICATES = 5  # duplicate keys an error message names; a body may repeat thousands
 GAME_STATUSES = ("open", "won", "lost", "refunded", "declined")
-CALLBACK_OUTCOMES = ("accepted", "declined", "duplicate", "conflict", "invalid", "ignored")
+# "error": a callback answered with a 5xx (kept in the audit by callbacks.audit_and_log).
+CALLBACK_OUTCOMES = ("accepted", "declined", "duplicate", "conflict", "invalid", "ignored", "error")
 
 
 def _reject_constant(name):
@@ -83,16 +84,14 @@ def _check_tree(payload):
                 value = value.values()
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, str) and not storable(value):
-            raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff) or U+0000.")
+            raise ApiError(400, "malformed_json", "A string holds a lone surrogate (\\ud800-\\udfff).")
 
 
 def storable(text):
-    """Whether every engine can store the text: one holding a lone surrogate (a JSON
-    "\\ud800" escape, or a command-line argument that was not UTF-8) cannot be encoded, and
-    PostgreSQL's text cannot hold U+0000. Checked where text comes in: JSON bodies, cursors
-    and the CLI's arguments."""
-    if "\x00" in text:
-        return False
+    """Whether the text can be stored at all: one holding a lone surrogate (a JSON "\\ud800"
+    escape, or a command-line argument that was not UTF-8) cannot be encoded. Checked where
+    text comes in: JSON bodies, cursors and the CLI's arguments. (U+0000, which PostgreSQL
+    cannot store in text, is refused by the rules of the fields that are stored as text.)"""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -100,53 +99,184 @@ def storable(text):
     return True
 
 
+# --- what text may hold --------------------------------------------------------------------
+#
+# Each rule is one regular expression, checked here with re.fullmatch and published as is in
+# /openapi.json as the field's `pattern`: the document and the check cannot disagree. The
+# expressions use only character classes written as \uXXXX ranges, which Python and the
+# ECMA-262 dialect of JSON Schema read alike (no \s, \w or "." whose meaning differs).
+
+
+def _char_class(predicate):
+    """A regex character class body: the characters of the Basic Multilingual Plane (lone
+    surrogates aside, which parse_json already refuses) for which `predicate` holds."""
+    ranges, start = [], None
+    for code in [*range(0xD800), *range(0xE000, 0x10000), None]:
+        if code is not None and predicate(chr(code)):
+            start = code if start is None else start
+            end = code
+        elif start is not None:
+            ranges.append(f"\\u{start:04x}" + (f"-\\u{end:04x}" if end > start else ""))
+            start = None
+    return "".join(ranges)
+
+
+# Characters no identifier may hold: Unicode controls (Cc), format characters (Cf: zero-width
+# and bidirectional marks, the BOM...) and separators (Z*) other than the plain space. They do
+# not print, so two ids differing only by them would look the same to a person.
+NON_PRINTING = _char_class(lambda char: unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp") and char != " ")
+SPACES = _char_class(str.isspace)  # what Python's str.strip() removes
+# An identifier (player, game id, session id, reference; a currency has its own rule below):
+# printing characters and spaces, at least one of them not a space.
+IDENTIFIER = re.compile(f"^[^{NON_PRINTING}]*[^ {NON_PRINTING}][^{NON_PRINTING}]*$")
+# Any other stored text (callback type, game name, round): not blank, and no NUL, which
+# PostgreSQL cannot store in text.
+TEXT = re.compile(f"^[^\\u0000]*[^\\u0000{SPACES}][^\\u0000]*$")
+# A currency code: letters, digits, '_' and '-', starting with a letter or digit (USDT_TRC20).
+CURRENCY = re.compile("^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")
+
+
+class Pattern(validate.Regexp):
+    """The whole value must match (Regexp's re.match lets "$" match before a final newline).
+
+    apispec documents a Regexp's pattern, so the field's `pattern` in /openapi.json is this one.
+    """
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self.error)
+        return value
+
+
+def printable(text):
+    """Whether text is a well-formed identifier (the IDENTIFIER rule)."""
+    return isinstance(text, str) and IDENTIFIER.fullmatch(text) is not None
+
+
+# A numeric string is a decimal in plain notation (JSON's, without an exponent): "1.50".
+PLAIN_NUMBER = re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?$")
+
+
 class Amount(fields.Field):
-    """A finite decimal below 10^12 in magnitude, from a JSON number or a numeric string."""
+    """A finite decimal from a JSON number or a plain numeric string, below 10^12 in magnitude.
+
+    `minimum` is the sign rule: "positive" (> 0), "zero" (>= 0) or None (any sign). schema()
+    states the same rule in JSON Schema for /openapi.json: a number within the bounds, or a
+    string matching the pattern, which spells out the same bounds digit by digit.
+    """
 
     default_error_messages = {
-        "invalid": "Not a valid number.",
+        "invalid": 'Not a valid number: send a JSON number or a plain decimal string such as "1.50".',
         "too_large": "Must be below 10^12.",
+        "positive": "Must be greater than 0.",
+        "zero": "Must be 0 or more.",
+    }
+    PATTERNS = {  # a string of at most 12 integer digits is below 10^12
+        "positive": r"^(?:[1-9][0-9]{0,11}(?:\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)$",
+        "zero": r"^(?:0|[1-9][0-9]{0,11})(?:\.[0-9]+)?$",
+        None: r"^-?(?:0|[1-9][0-9]{0,11})(?:\.[0-9]+)?$",
     }
 
+    def __init__(self, minimum=None, **kwargs):
+        super().__init__(**kwargs)
+        self.minimum = minimum
+
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str) and JSON_NUMBER.fullmatch(value):
-            try:
-                value = decimal.Decimal(value)
-            except decimal.InvalidOperation:  # an exponent beyond the decimal module's limits
-                raise self.make_error("invalid") from None
+        negative_text = isinstance(value, str) and value.startswith("-")
+        if isinstance(value, str) and PLAIN_NUMBER.fullmatch(value):
+            value = decimal.Decimal(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             value = decimal.Decimal(value)
         if not isinstance(value, decimal.Decimal) or not value.is_finite():
             raise self.make_error("invalid")
+        return self._check(value, negative_text)
+
+    def _check(self, value, negative_text):
+        if self.minimum == "positive" and (value <= 0 or negative_text):
+            raise self.make_error("positive")
+        if self.minimum == "zero" and (value < 0 or negative_text):  # "-0" is not written as >= 0
+            raise self.make_error("zero")
         if value.copy_abs() >= AMOUNT_LIMIT:
             raise self.make_error("too_large")
         return value
 
+    def schema(self):
+        """The rule as JSON Schema."""
+        number = {"type": "number", "exclusiveMaximum": int(AMOUNT_LIMIT)}
+        number.update({"positive": {"exclusiveMinimum": 0}, "zero": {"minimum": 0}}.get(
+            self.minimum, {"exclusiveMinimum": -int(AMOUNT_LIMIT)}))
+        return {"anyOf": [number, {"type": "string", "pattern": self.PATTERNS[self.minimum]}]}
 
-class Text(fields.String):
-    """A non-blank string of at most 255 characters, storable by every engine."""
+
+class Milliseconds(Amount):
+    """A number of milliseconds, 0 to 600000 (a fraction rounds half-to-even); loads as an int."""
 
     def __init__(self, **kwargs):
-        super().__init__(validate=[validate.Length(min=1, max=255), _not_blank, _storable], **kwargs)
+        super().__init__(minimum="zero", **kwargs)
+
+    def _check(self, value, negative_text):
+        if not 0 <= value <= MAX_DELAY_MS or negative_text:
+            raise ValidationError(f"Must be between 0 and {MAX_DELAY_MS}.")
+        return int(value.to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+
+    def schema(self):
+        """The rule as JSON Schema."""
+        pattern = r"^(?:(?:0|[1-9][0-9]{0,4}|[1-5][0-9]{5})(?:\.[0-9]+)?|600000(?:\.0+)?)$"
+        return {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_DELAY_MS},
+                          {"type": "string", "pattern": pattern}]}
 
 
-def _not_blank(value):
-    if not value.strip():
-        raise ValidationError("Must not be blank.")
+class Text(fields.String):
+    """A non-blank string of at most 255 characters without NUL (TEXT)."""
+
+    rule = Pattern(TEXT, error="Must not be blank or hold a NUL character.")
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=[validate.Length(min=1, max=255), self.rule], **kwargs)
 
 
-def _storable(value):
-    if not storable(value):
-        raise ValidationError("Must not hold U+0000 or a lone surrogate.")
+class Identifier(Text):
+    """A non-blank string of at most 255 printing characters (IDENTIFIER): ids and references."""
+
+    rule = Pattern(IDENTIFIER, error="Must not be blank or hold control or other non-printing characters.")
 
 
-class TextOrInteger(Text):
-    """A string or an integer (never a boolean), kept as text: the provider's ids."""
+class Currency(fields.String):
+    """A currency code (CURRENCY)."""
+
+    def __init__(self, **kwargs):
+        error = "Must be a currency code: 1 to 20 letters, digits, '_' or '-', starting with a letter or digit."
+        super().__init__(validate=Pattern(CURRENCY, error=error), **kwargs)
+
+
+def _whole(value):
+    """A JSON number with no fraction as an int: JSON Schema's `integer` includes 7.0 and 7e2."""
+    if isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value) if value.adjusted() < 20 else value  # past 10^20: refused as it is
+    return value
+
+
+class _OrInteger:
+    """A string, or an integer below 10^18 in magnitude (never a boolean), kept as text: the
+    provider's ids may arrive as numbers."""
+
+    INTEGER_LIMIT = 10**18
 
     def _deserialize(self, value, attr, data, **kwargs):
+        value = _whole(value)
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= self.INTEGER_LIMIT:
+                raise ValidationError("An integer id must be below 10^18 in magnitude.")
             value = str(value)
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class TextOrInteger(_OrInteger, Text):
+    """Text, or an integer kept as text (game.round)."""
+
+
+class IdentifierOrInteger(_OrInteger, Identifier):
+    """An identifier, or an integer kept as text (game.id)."""
 
 
 class EpochMillis(fields.Integer):
@@ -156,22 +286,8 @@ class EpochMillis(fields.Integer):
         super().__init__(strict=True, validate=validate.Range(min=0, max=MAX_EPOCH_MS), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
-        value = super()._deserialize(value, attr, data, **kwargs)
+        value = super()._deserialize(_whole(value), attr, data, **kwargs)
         return value * 1000 if 0 <= value < SECONDS_BELOW else value
-
-
-class Milliseconds(Amount):
-    """A whole number of milliseconds (a fraction rounds half-to-even), 0 to 600000."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        value = super()._deserialize(value, attr, data, **kwargs)
-        if not 0 <= value <= MAX_DELAY_MS:
-            raise ValidationError(f"Must be between 0 and {MAX_DELAY_MS}.")
-        return int(value.to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
-
-
-POSITIVE = validate.Range(min=0, min_inclusive=False)
-NOT_NEGATIVE = validate.Range(min=0)
 
 
 class _Open(Schema):
@@ -182,24 +298,24 @@ class _Open(Schema):
 
 
 class SessionSchema(_Open):
-    id = Text(required=True)
-    player_id = Text(required=True, data_key="playerId")
-    game_name = Text(required=True, data_key="gameId")
-    currency = Text(required=True)
+    id = Identifier(required=True)
+    player_id = Identifier(required=True, data_key="playerId")
+    game_name = Text(required=True, data_key="gameId")  # a game's name, e.g. "Mines"
+    currency = Currency(required=True)
 
 
 class GameSchema(_Open):
-    id = TextOrInteger(required=True)
+    id = IdentifierOrInteger(required=True)
     status = fields.String(required=True, validate=validate.OneOf(["in_progress", "win", "lose"]))
-    bet = Amount(required=True, validate=POSITIVE)
-    payout = Amount(validate=NOT_NEGATIVE)
+    bet = Amount(required=True, minimum="positive")
+    payout = Amount(minimum="zero")
     profit = Amount()
     round = TextOrInteger()
 
 
 class DataSchema(_Open):
-    bet = Amount(validate=POSITIVE)
-    all_bet_amount = Amount(data_key="allBetAmount", validate=NOT_NEGATIVE)
+    bet = Amount(minimum="positive")
+    all_bet_amount = Amount(data_key="allBetAmount", minimum="zero")
     balance_update_delay = Milliseconds(data_key="balanceUpdateDelay", load_default=0)
 
 
@@ -243,39 +359,82 @@ def load_callback(payload):
 class MovementSchema(Schema):
     """A deposit or withdrawal asked for by the operator's site."""
 
-    currency = Text(required=True)
-    amount = Amount(required=True, validate=POSITIVE)
-    reference = Text(required=True)
+    currency = Currency(required=True)
+    amount = Amount(required=True, minimum="positive")
+    reference = Identifier(required=True)
+
+
+class PathSchema(Schema):
+    """The identifiers an operator API path may carry; each is checked where present."""
+
+    player_id = Identifier()
+    currency = Currency()
+    game_id = Identifier()
 
 
 movement_schema = MovementSchema()
-player_schema = Schema.from_dict({"player_id": Text(required=True)})()
+path_schema = PathSchema()
 
 
 class Since(fields.Field):
-    """A moment as ISO 8601 (UTC when no offset is given) or epoch milliseconds; loads as ms."""
+    """A moment as epoch milliseconds, or an ISO 8601 date or date-time (UTC when no offset is
+    given), which includes every RFC 3339 one: "t"/"z" in lower case, a leap second (:60, read
+    as the next second) and the year 0000 (before every record). Loads as epoch ms."""
 
     default_error_messages = {"invalid": "Not an ISO 8601 time or epoch milliseconds."}
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str) and EPOCH_DIGITS.fullmatch(value):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        if EPOCH_DIGITS.fullmatch(value):
             return int(value)
+        text, extra_ms = value.upper(), 0
+        leap = LEAP_SECOND.search(text)
+        if leap:
+            text, extra_ms = text[: leap.start()] + ":59" + text[leap.end():], 1000
+        year_zero = text.startswith("0000-")
+        if year_zero:
+            text = "0001" + text[4:]
         try:
-            moment = datetime.datetime.fromisoformat(value)
-        except (TypeError, ValueError):
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
             raise self.make_error("invalid") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
-        return int(moment.timestamp() * 1000)
+        if year_zero:
+            extra_ms -= 366 * 86_400_000  # read as the same day of 0001, less a (leap) year
+        return int(moment.timestamp() * 1000) + extra_ms
+
+
+LEAP_SECOND = re.compile(r"(?<=T[0-9]{2}:[0-9]{2}):60(?=[.Z+-]|$)")
+
+
+class Cursor(fields.String):
+    """A `next_cursor` from a previous page; empty means none (the first page)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs) or None
+
+
+class Limit(fields.Integer):
+    """Rows per page, 1 to 500, in ASCII digits (int() alone would also read " 5" or "٥")."""
+
+    def __init__(self, **kwargs):
+        super().__init__(load_default=50, validate=validate.Range(min=1, max=500), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and not EPOCH_DIGITS.fullmatch(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class _Page(Schema):
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    cursor = fields.String(load_default=None)
+    limit = Limit()
+    cursor = Cursor(load_default=None)
 
 
 class GamesQuery(_Page):
-    player_id = Text(load_default=None)
+    player_id = Identifier(load_default=None)
     status = fields.String(
         load_default=None, validate=validate.OneOf(GAME_STATUSES)
     )
@@ -283,7 +442,7 @@ class GamesQuery(_Page):
 
 
 class LedgerQuery(_Page):
-    currency = Text(load_default=None)
+    currency = Currency(load_default=None)
 
 
 class CallbacksQuery(_Page):
@@ -292,9 +451,19 @@ class CallbacksQuery(_Page):
         validate=validate.OneOf(CALLBACK_OUTCOMES),
     )
     type = Text(load_default=None)
-    game_id = Text(load_default=None)
+    game_id = Identifier(load_default=None)
 
 
 games_query = GamesQuery()
 ledger_query = LedgerQuery()
 callbacks_query = CallbacksQuery()
+
+
+def load(schema, data, part):
+    """Validate one part of a request ("path", "query string") with `schema`; refuse it with a
+    400 that says which part was wrong. (A body's errors reach errors.py's ValidationError
+    handler, which says "request body".)"""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise ApiError(400, "validation_error", f"The {part} is invalid.", exc.messages) from None

@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 from db import get_db
 from db import StartupError
 from errors import ApiError, error_body
-from schemas import MAX_DELAY_MS
+from schemas import CURRENCY, MAX_DELAY_MS
 
 DEFAULT_DECIMALS = 8
 # The largest amount, in minor units, a movement or a balance may reach: far inside SQLite's
@@ -44,8 +44,11 @@ def parse_currency_decimals(text):
     decimals = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         currency, sep, places = (piece.strip() for piece in item.partition("="))
-        if not sep or not currency or not places.isdigit() or int(places) > 18:
-            raise ValueError(f"CURRENCY_DECIMALS entry {item!r} is not CURRENCY=DECIMALS (0-18)")
+        if not sep or not CURRENCY.fullmatch(currency) or not places.isdigit() or int(places) > 18:
+            raise ValueError(
+                f"CURRENCY_DECIMALS entry {item!r} is not CURRENCY=DECIMALS (a code of letters, "
+                f"digits, '_' or '-', and 0-18)"
+            )
         decimals[currency] = int(places)
     return decimals
 
@@ -405,6 +408,7 @@ def move_funds(db, kind, player_id, currency, amount, reference):
     with db.transaction():
         db.lock("reference", reference)  # a reference replayed on two instances at once moves money once
         if kind == "deposit":
+            _refuse_unknown_currency(db, currency)
             db.execute(
                 "INSERT INTO currencies (currency, decimals) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [currency, currency_decimals(currency)],
@@ -445,6 +449,19 @@ def move_funds(db, kind, player_id, currency, amount, reference):
             [reference, kind, player_id, currency, minor, json.dumps(body), now],
         )
     return 201, body
+
+
+def _refuse_unknown_currency(db, currency):
+    """Refuse (400 unknown_currency) a currency outside a set CURRENCY_DECIMALS, the operator's
+    list of currencies, unless the books already hold it: a typo must not open a currency."""
+    configured = current_app.config["CURRENCY_DECIMALS"]
+    if not configured or currency in configured:
+        return
+    if db.execute("SELECT 1 FROM currencies WHERE currency = ?", [currency]).fetchone() is None:
+        message = (f"{currency} is not one of the currencies in CURRENCY_DECIMALS "
+                   f"({', '.join(sorted(configured))}); to open it, add {currency}=<decimals> to "
+                   f"CURRENCY_DECIMALS and restart the service (and give the CLI the same setting).")
+        raise ApiError(400, "unknown_currency", message, {"currency": [message]})
 
 
 def wallet_view(db, player_id, currency, now=None):

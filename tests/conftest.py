@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import hypothesis
 
 import app as app_module
 import db
@@ -17,6 +18,17 @@ import db
 CALLBACK_TOKEN = "cb-9f2c4e1a-secret"
 ADMIN_TOKEN = "admin-7d1e-secret"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the provider's examples, copied
+
+# CI (.ci/run runs with CI=true) loads "wallet-ci": hypothesis's own "ci" profile (the same
+# examples on every run, no example database, no deadline, the blob that replays a failure)
+# plus every example tried printed (pytest shows that output for failing tests only). A CI run
+# fails for a reason a re-run reproduces, never by chance. Local runs keep exploring: new random
+# examples each run, the .hypothesis/ database replaying the last failure. Test modules build
+# their settings objects when imported, after this file, so they inherit the profile.
+hypothesis.settings.register_profile(
+    "wallet-ci", parent=hypothesis.settings.get_profile("ci"), verbosity=hypothesis.Verbosity.verbose)
+if os.environ.get("CI") == "true":
+    hypothesis.settings.load_profile("wallet-ci")
 
 START = {
     "type": "start",
@@ -155,7 +167,7 @@ def app_on():
             **store_settings(str(target)),
             "CALLBACK_TOKEN": CALLBACK_TOKEN,
             "ADMIN_TOKEN": ADMIN_TOKEN,
-            "CURRENCY_DECIMALS": "USD=2,EUR=2",
+            "CURRENCY_DECIMALS": "USD=2,EUR=2,BTC=8",
         }
         settings.update(config)
         made.append(app_module.create_app(settings))

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+import schemas
 import wallet as wallet_rules
 
 
@@ -190,3 +191,39 @@ def test_show_in_ms(delay, callback_ms, received_ms, now, expected):
 ])
 def test_amounts_are_plain_decimal_strings_with_the_currency_decimals(wallet, amount, currency, expected):
     assert wallet.deposit(amount, currency=currency).json["balance"] == expected
+
+
+@pytest.mark.parametrize("url, field", [
+    ("/api/games?limit=0", "limit"),
+    ("/api/games?limit=%205", "limit"),
+    ("/api/games?status=lost-ish", "status"),
+    ("/api/games?since=2022-02-30", "since"),
+    ("/api/games?player_id=p%00", "player_id"),
+    ("/api/callbacks?outcome=maybe", "outcome"),
+    ("/api/players/player-42/ledger?currency=US%20D", "currency"),
+])
+def test_a_query_string_error_names_the_query_string_and_the_parameter(wallet, url, field):
+    response = wallet.client.get(url, headers=wallet.admin)
+    assert response.status_code == 400
+    assert response.json["message"] == "The query string is invalid."
+    assert list(response.json["fields"]) == [field]
+
+
+@pytest.mark.parametrize("path", ["/api/games", "/api/callbacks", "/api/players/player-42/ledger"])
+def test_an_empty_cursor_is_the_first_page(wallet, path):
+    wallet.deposit("1.00")
+    wallet.start()
+    first = wallet.client.get(path, headers=wallet.admin)
+    assert first.status_code == 200
+    assert wallet.client.get(f"{path}?cursor=", headers=wallet.admin).json == first.json
+
+
+@pytest.mark.parametrize("since, expected", [
+    ("1663249396000", 1663249396000),
+    ("2022-09-15", 1663200000000),
+    ("2022-09-15T12:00:00+02:00", 1663236000000),
+    ("2022-09-15t10:00:00z", 1663236000000),  # RFC 3339 allows lower case
+    ("2016-12-31T23:59:60Z", 1483228800000),  # a leap second: the next second
+])
+def test_since_reads_epoch_milliseconds_and_iso_8601(since, expected):
+    assert schemas.games_query.load({"since": since})["since"] == expected

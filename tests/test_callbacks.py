@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DELETE, EXAMPLES, FINISH, START, body, query
+from conftest import DELETE, EXAMPLES, FINISH, START, Wallet, body, query
 
 
 def test_start_debits_the_bet_and_answers_true(wallet):
@@ -186,16 +186,20 @@ def test_bet_that_rounds_to_zero_is_invalid(wallet):
     assert wallet.balance() == "10.00"
 
 
-def test_currency_without_configured_decimals_has_eight(wallet):
-    wallet.deposit("1", currency="BTC")
-    wallet.start(currency="BTC", bet=0.000000015)  # 1.5 satoshi rounds to 2
-    assert wallet.balance(currency="BTC") == "0.99999998"
+def test_currency_without_configured_decimals_has_eight(make_app):
+    app = make_app(CURRENCY_DECIMALS="")  # no list: any well-formed code, 8 decimals
+    wallet = Wallet(app.test_client(), app)
+    wallet.deposit("1", currency="DOGE")
+    wallet.start(currency="DOGE", bet=0.000000015)  # 1.5 minor units round to 2
+    assert wallet.balance(currency="DOGE") == "0.99999998"
 
 
 def test_game_id_may_be_a_number_and_is_kept_as_text(wallet):
     wallet.deposit("10.00")
     assert wallet.start(game_id=123456789, bet=1).json == {"result": True}
     assert wallet.start(game_id="123456789", bet=1).json == {"result": True}  # the same game
+    again = json.dumps(body(START, **{"game.id": "@"})).replace('"@"', "1.23456789e8")  # JSON Schema's integer
+    assert wallet.callback(again.encode()).json == {"result": True}  # the same game again
     assert wallet.finish(game_id=123456789, bet=1, payout=2).json == {}
     assert wallet.balance() == "11.00"
 
@@ -211,11 +215,12 @@ def test_provider_time_in_seconds_or_milliseconds_is_stored_as_milliseconds(wall
     wallet.deposit("10.00")
     wallet.start(game_id="s", time=1663249396)
     wallet.start(game_id="ms", time=1663249396123)
+    wallet.callback(json.dumps(body(START, **{"game.id": "s.0", "time": "@"})).replace('"@"', "1663249396.0").encode())
     wallet.start(game_id="none", time=None)
     wallet.callback(body(START, **{"game.id": "none2", "time": DELETE}))
     times = dict(query(wallet.database, "SELECT game_id, start_time FROM games"))
     received = dict(query(wallet.database, "SELECT game_id, started_at FROM games"))
-    assert times["s"] == 1663249396000 and times["ms"] == 1663249396123
+    assert times["s"] == times["s.0"] == 1663249396000 and times["ms"] == 1663249396123
     assert times["none2"] == received["none2"]
 
 

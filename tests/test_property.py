@@ -17,7 +17,7 @@ import db
 from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Raw, body, books, dumps, store_settings
 
 PLAYERS = ("alice", "bob", "zoë")
-DECIMALS = {"USD": 2, "EUR": 2, "BTC": 8}  # BTC is not configured: it gets the default 8
+DECIMALS = {"USD": 2, "EUR": 2, "BTC": 8}
 CURRENCIES = tuple(DECIMALS)
 GAME_IDS = ("g-1", "g-2", "g-3", "g-4", 7, "7", 8)  # 7 and "7" are the same game
 REFERENCES = ("ref-1", "ref-2", "ref-3", "ref-4", "ref-5")
@@ -133,7 +133,7 @@ def make_machine(max_units):
                 **store_settings(self.database),
                 "CALLBACK_TOKEN": CALLBACK_TOKEN,
                 "ADMIN_TOKEN": ADMIN_TOKEN,
-                "CURRENCY_DECIMALS": "USD=2,EUR=2",
+                "CURRENCY_DECIMALS": "USD=2,EUR=2,BTC=8",
                 "CALLBACK_ALLOWED_IPS": "",
                 "TRUSTED_PROXIES": "0",
                 "SQLITE_SYNCHRONOUS": "OFF",  # durability is not under test; speed is welcome
