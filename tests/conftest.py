@@ -116,23 +116,30 @@ def new_database(engine, tmp_path, request):
 
 
 class PostgresDatabases:
-    """Creates fresh, empty databases on the test server; drops them all at close()."""
+    """Makes fresh, empty databases on the test server; drops them all at close().
+
+    Each is a schema of its own in one database, named first in the URL's search_path: to
+    the service exactly a database of its own (every statement it runs names tables without
+    a schema, and it looks only at current_schema()), made and dropped in a millisecond where
+    CREATE DATABASE takes a tenth of a second, hundreds of times a run.
+    """
 
     def __init__(self, server):
         import psycopg
 
         self.server, self.made = server, []
         self.admin = psycopg.connect(server.get_uri(), autocommit=True)
+        self.admin.execute("SET lock_timeout = '10s'")
 
     def __call__(self, name="wallet"):
         self.made.append(f"t{next(_databases)}_{name}"[:63])
-        self.admin.execute(f'CREATE DATABASE "{self.made[-1]}"')
-        return self.server.get_uri(self.made[-1])
+        self.admin.execute(f'CREATE SCHEMA "{self.made[-1]}"')
+        return f"{self.server.get_uri()}&options=-csearch_path%3D{self.made[-1]}"
 
     def close(self):
-        forget_stores(target for target in _stores if any(f"/{name}?" in target for name in self.made))
+        forget_stores(target for target in _stores if any(target.endswith(f"%3D{name}") for name in self.made))
         for name in self.made:
-            self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self.admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         self.admin.close()
 
 
