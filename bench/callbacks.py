@@ -360,6 +360,7 @@ class PostgresEngine:
     def __init__(self, args):
         import psycopg
 
+        self.psycopg = psycopg
         self.server = self.folder = None
         if args.database_url:
             self.url = args.database_url
@@ -397,7 +398,10 @@ class PostgresEngine:
             statement += f' TEMPLATE "{self.names[template]}"'
             if self.version >= 150000:  # copy the files (one checkpoint) rather than WAL-log them
                 statement += " STRATEGY FILE_COPY"
-        self.admin.execute(statement)
+        try:
+            self.admin.execute(statement)
+        except self.psycopg.errors.InsufficientPrivilege as error:
+            sys.exit(f"the bench makes a new database for every round, and this role may not: {error}")
         self.admin.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = {self.synchronous_commit}')
         parts = urllib.parse.urlsplit(self.url)
         url = urllib.parse.urlunsplit(parts._replace(path="/" + dbname))
