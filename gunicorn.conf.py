@@ -1,19 +1,31 @@
 # gunicorn reads this file from its working directory, so the Procfile's line and the
 # README's local gunicorn line both use it unchanged.
-# --- Worker class and HTTP limits (README: "Refused by gunicorn") ---------------------------
+
+# --- Worker class ---------------------------------------------------------------------------
+# gevent: each connection is a greenlet, so clients that send their request slowly (or never
+# finish it) hold only a greenlet, not a worker: the callbacks of everyone else are still
+# answered. A sync worker reads one request at a time, and a few such clients stall them all.
+# The app stays synchronous: db.get_db() lets one request at a time use a worker's database
+# connection, and reading a request's body happens before it takes it.
 # gunicorn's own refusals (bad framing, the limits below) answer the JSON error body:
-# serving.JsonRefusals overrides the Worker.handle_error all worker classes share, so it
-# mixes into whichever class is chosen.
-from gunicorn.workers.sync import SyncWorker
+# serving.JsonRefusals overrides the Worker.handle_error all worker classes share.
+from gunicorn.workers.ggevent import GeventWorker
 
 from serving import JsonRefusals, check_before_serving
 
 
-class JsonSyncWorker(JsonRefusals, SyncWorker):
-    """gunicorn's sync worker, refusing in JSON."""
+class JsonGeventWorker(JsonRefusals, GeventWorker):
+    """gunicorn's gevent worker, refusing in JSON."""
 
 
-worker_class = JsonSyncWorker
+worker_class = JsonGeventWorker
+worker_connections = 1000  # per worker: open connections, idle or slow ones included
+# A request head must arrive within this many seconds (gevent drops a client that is slower),
+# and an idle kept-alive connection stays open as long: longer than a PaaS router keeps one
+# (Heroku's: 90 s), so the router, not gunicorn, closes it and never reuses a closed one.
+keepalive = 95
+
+# --- HTTP limits (README: "Refused by gunicorn") --------------------------------------------
 # The request line (method, path, query, version) may be 8190 bytes, gunicorn's largest: the
 # longest request the API serves, GET /api/games with every filter and the cursor at their
 # longest (255 four-byte characters percent-encoded), is about 7,300. Past it: JSON 414.
@@ -21,7 +33,6 @@ limit_request_line = 8190
 # At most 100 header fields of at most 8190 bytes each (gunicorn's defaults). Past: JSON 431.
 limit_request_fields = 100
 limit_request_field_size = 8190
-
 
 # --- Before any worker starts -------------------------------------------------------------
 

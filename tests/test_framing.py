@@ -7,6 +7,7 @@ a 5xx, and a body is taken whole or refused whole, however it is framed.
 """
 
 import json
+import socket
 import time
 from urllib.parse import quote
 
@@ -241,3 +242,32 @@ def test_the_longest_request_the_api_serves_fits_the_request_line(server):
     assert answer.status == 200, answer
     pages = [first["games"][0]["game_id"], *(each["game_id"] for each in answer.json["games"])]
     assert sorted(pages) == sorted([game, game[:-1] + "a"])
+
+
+SLOW_CLIENTS = 48
+
+
+def test_clients_that_never_finish_their_request_stall_nobody(server):
+    """Forty-eight connections that send part of a request head and then nothing (the slowloris
+    attack) hold no worker: callbacks, reads and /healthz are answered as usual meanwhile."""
+    server.deposit("slow-player", "10.00", reference="fund-slow-player")
+    slow = []
+    try:
+        for _ in range(SLOW_CLIENTS):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and never the blank line
+            slow.append(sock)
+        time.sleep(0.5)  # every connection accepted by a worker by now
+        for n in range(3):
+            # A stalled server answers only when gunicorn's worker timeout (30 s) ends a slow
+            # client; 10 s tells that apart from a normal answer on any machine.
+            game = body(START, **{"game.id": f"slowloris-{n}", "game.bet": 1, "session.playerId": "slow-player"})
+            assert server.request("POST", CALLBACK, game, timeout=10) == (200, {"result": True})
+            assert server.request("GET", "/healthz", timeout=10)[0] == 200
+            status, wallet = server.request("GET", "/api/players/slow-player/balances/USD",
+                                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+            assert status == 200 and wallet["balance"] == f"{9 - n}.00"
+    finally:
+        for sock in slow:
+            sock.close()
+    server.assert_healthy()
