@@ -39,4 +39,4 @@ limit_request_field_size = 8190
 
 def on_starting(server):
     """A wrong setting or an unreachable database stops the service here, with one clear line."""
-    check_before_serving()
+    check_before_serving(server)

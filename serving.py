@@ -79,37 +79,41 @@ def _response(status, reason, body):
     return head.encode("latin-1") + payload
 
 
-def check_before_serving():
+def check_before_serving(arbiter):
     """Refuse to start, with one clear line, on a configuration the app refuses or a database
     it cannot reach (a wrong password, host or scheme in DATABASE_URL), before any worker
     boots: a worker that fails to boot would stop gunicorn with a traceback instead.
 
-    The app is built in a forked child, so the master imports none of it: a gevent worker
-    must patch the standard library before the app's modules (psycopg among them) load.
+    The app gunicorn serves is built, as a worker builds it, in a forked child and asked for
+    its /healthz, so the master imports none of it: a gevent worker must patch the standard
+    library before the app's modules (psycopg among them) load.
     """
     pid = os.fork()
     if pid == 0:
-        os._exit(_check())
+        os._exit(_check(arbiter.app))
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(1)  # the child said why
 
 
-def _check():
-    import app as app_module
-    import db
+def _check(application):
+    from click import ClickException  # how the app says a setting is wrong (db.StartupError)
+    from werkzeug.test import Client
 
     try:
-        made = app_module.create_app()
-        try:
-            with made.app_context():
-                db.get_db().ping()
-        finally:
-            db.close_all(made)
-    except (db.StartupError, db.DatabaseUnavailable) as error:
-        print(f"The service cannot start: {error}", file=sys.stderr, flush=True)
-        return 1
+        wsgi = application.wsgi()
+        answer = Client(wsgi).get("/healthz")
+    except ClickException as error:
+        return _refuse(error.format_message())
     except Exception:  # not a configuration problem: a bug, shown whole
         traceback.print_exc()
-        return 1
+        return _refuse("building the app failed (above)")
+    if answer.status_code != 200:
+        body = answer.get_json(silent=True) or {}
+        return _refuse(body.get("message") or f"/healthz answered {answer.status}")
     return 0
+
+
+def _refuse(reason):
+    print(f"The service cannot start: {reason}", file=sys.stderr, flush=True)
+    return 1
