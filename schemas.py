@@ -63,7 +63,8 @@ def parse_json(raw):
     except (ValueError, decimal.InvalidOperation) as exc:
         # json.JSONDecodeError is a ValueError; so are huge integers and our refusals.
         raise ApiError(400, "malformed_json", f"The request body is not valid JSON: {exc}") from None
-    _check_tree(payload)
+    if raw.count(b"{") + raw.count(b"[") >= MAX_DEPTH or b"\\ud" in raw.lower():
+        _check_tree(payload)  # only a body that could nest that deep or hold a surrogate escape
     return payload
 
 
@@ -350,10 +351,9 @@ def load_callback(payload):
     """Validate a callback; a type other than start/finish only needs a non-blank `type`."""
     if not isinstance(payload, dict):
         raise ValidationError({"_schema": ["The callback must be a JSON object."]})
-    envelope = envelope_schema.load(payload)
-    if envelope["type"] not in HANDLED_TYPES:
-        return envelope
-    return callback_schema.load(payload)
+    if payload.get("type") in HANDLED_TYPES:
+        return callback_schema.load(payload)
+    return envelope_schema.load(payload)
 
 
 class MovementSchema(Schema):
