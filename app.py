@@ -12,6 +12,7 @@ import cli
 import db
 import errors
 import openapi
+import replication
 import simulator
 import wallet
 
@@ -24,6 +25,7 @@ ENVIRONMENT = (
     "CURRENCY_DECIMALS",
     "SQLITE_SYNCHRONOUS",
     "LOG_LEVEL",
+    "LITESTREAM_REPLICA_URL",
 )
 
 
@@ -40,6 +42,7 @@ def create_app(test_config=None):
         CURRENCY_DECIMALS="",
         SQLITE_SYNCHRONOUS="FULL",
         LOG_LEVEL="INFO",
+        LITESTREAM_REPLICA_URL=None,
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     app.config.update({key: os.environ[key] for key in ENVIRONMENT if key in os.environ})
@@ -47,6 +50,8 @@ def create_app(test_config=None):
         app.config.update(test_config)
     _normalise_config(app)
     _configure_logging(app)
+    if warning := replication.check_app(app.config):  # raises if it would lose the replica's books
+        app.logger.warning(warning)
 
     db.init_app(app)
     with app.app_context():
@@ -67,8 +72,10 @@ def create_app(test_config=None):
             db.get_db().execute("SELECT count(*) FROM wallets WHERE id = 0").fetchone()
         except sqlite3.Error as exc:
             app.logger.error("health check failed: %s", exc)
-            return jsonify({"status": "unavailable", "error": "database_unavailable"}), 503
-        return jsonify({"status": "ok"})
+            return jsonify({"status": "unavailable", "error": "database_unavailable",
+                            **replication.health(app.config)}), 503
+        # Replication failing does not make a working wallet unhealthy: still 200, said in the body.
+        return jsonify({"status": "ok", **replication.health(app.config)})
 
     if app.config["CALLBACK_TOKEN"] is None:
         app.logger.warning(
@@ -81,7 +88,7 @@ def create_app(test_config=None):
 def _normalise_config(app):
     """Turn the environment's strings into checked values; refuse to start on a bad one."""
     config = app.config
-    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN"):
+    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "LITESTREAM_REPLICA_URL"):
         config[key] = (config[key] or "").strip() or None
     try:
         config["CURRENCY_DECIMALS"] = wallet.parse_currency_decimals(config["CURRENCY_DECIMALS"])

@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 
 import books
 import db
+import replication
 import schemas
 import wallet
 from errors import ApiError
@@ -238,3 +239,27 @@ def backup(path):
     except (OSError, sqlite3.Error) as exc:  # e.g. a full disk or a directory we may not write to
         raise click.ClickException(f"cannot write {path}: {exc}") from None
     click.echo(f"backed up {current_app.config['DATABASE_PATH']} to {path}")
+
+
+@wallet_cli.command("replication")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the fields /healthz adds).")
+def replication_status(as_json):
+    """Show whether Litestream replicates the database and when it last synced.
+
+    Exit status: 0 replication ok, 1 replication is off (LITESTREAM_REPLICA_URL unset),
+    3 replication failing.
+    """
+    config = current_app.config
+    if config["LITESTREAM_REPLICA_URL"] is None:
+        raise click.ClickException("replication is off: LITESTREAM_REPLICA_URL is not set")
+    report = replication.health(config)
+    if as_json:
+        _echo(report)
+    else:
+        click.echo(f"replication: {report['replication']}")
+        click.echo(f"replica: {replication.redact(config['LITESTREAM_REPLICA_URL'])}")
+        click.echo(f"last sync: {report['replication_last_sync'] or 'none'}")
+        if "replication_error" in report:
+            click.echo(f"error: {report['replication_error']}")
+    if report["replication"] != "ok":
+        raise SystemExit(3)
