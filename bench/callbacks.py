@@ -8,6 +8,7 @@ service's setting names from app.py, and works from any directory::
     .venv/bin/python bench/callbacks.py --games-preloaded 1000000     # empty vs 1M settled games
     .venv/bin/python bench/callbacks.py --synchronous NORMAL          # the durability trade-off
     .venv/bin/python bench/callbacks.py --seconds 120                 # soak: worker RSS start/end
+    .venv/bin/python bench/callbacks.py --replication                 # Litestream to a file replica: off vs on
     .venv/bin/python bench/callbacks.py --profile /tmp/wallet-profile # cProfile the workers
 
 Per round: a fresh database in a temporary directory (TMPDIR decides where: put it on the
@@ -27,7 +28,16 @@ and whether every balance is what the accepted callbacks should leave. At the en
 wallet reconcile --json` on each database, a summary and, with --games-preloaded, callbacks/s
 empty vs preloaded and their ratio.
 
-Exit status 1 on any error, wrong balance or books that do not balance. The targets (2
+With --replication, two empty databases are measured in the same run: one as above, one
+served with LITESTREAM_REPLICA_URL set to a file replica in the temporary directory (the
+service runs Litestream itself, see replication.py). For the replicated rounds it also prints
+the CPU of Litestream and of its supervisor, the LTX files uploaded (one object store PUT
+each), and how long after the last answer /healthz reported a sync that holds every
+callback; at the end it restores the replica by hand (`litestream restore`) and checks that the
+copy holds the same balances as the database and that its books balance.
+
+Exit status 1 on any error, wrong balance or books that do not balance (the restored copy's
+included). The targets (2
 workers, synchronous=FULL, 16 connections: p99 < 100 ms, zero errors, preloaded / empty
 callbacks/s >= 0.9) are printed as met or missed; they do not change the exit status.
 """
@@ -36,6 +46,7 @@ import argparse
 import array
 import collections
 import contextlib
+import datetime
 import decimal
 import http.client
 import json
@@ -272,6 +283,8 @@ def free_port():
 
 PROFILE_CONFIG = """
 import cProfile, os, time
+# -c replaces ./gunicorn.conf.py: run the repository's first, for its settings and hooks.
+exec(compile(open(%r).read(), %r, "exec"))
 _profiles = {}
 
 def post_worker_init(worker):  # the app is loaded: profile the requests, not the imports
@@ -297,7 +310,8 @@ class Server:
         if profile_dir:
             config = Path(workdir) / "profile_conf.py"
             timer = "time.process_time" if profile_clock == "cpu" else "time.perf_counter"
-            config.write_text(PROFILE_CONFIG % (timer, str(profile_dir)))
+            service_config = str(REPO / "gunicorn.conf.py")
+            config.write_text(PROFILE_CONFIG % (service_config, service_config, timer, str(profile_dir)))
             command += ["-c", str(config)]
         # The Procfile's command, bound to loopback only: the bench's tokens are in this file.
         command += ["--bind", f"127.0.0.1:{self.port}", *extra_args, "app:create_app()"]
@@ -321,7 +335,18 @@ class Server:
         sys.exit(f"gunicorn did not become healthy; its log:\n{self.log_tail()}")
 
     def worker_pids(self):
-        """The master's children, read from /proc/<pid>/stat (the 4th field is the ppid)."""
+        """The master's workers: its children (from /proc/<pid>/stat, the 4th field is the ppid)
+        but the replication supervisor."""
+        return [pid for pid in self.children() if b"replication.py" not in _cmdline(pid)]
+
+    def replication_pids(self):
+        """The replication supervisor and its Litestream, from the status file it writes."""
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(Path(f"{self.env['DATABASE_PATH']}-replication.json").read_text())
+            return [pid for pid in (state["supervisor_pid"], state["litestream_pid"]) if pid]
+        return []
+
+    def children(self):
         pids = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -351,6 +376,12 @@ class Server:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def _cmdline(pid):
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b""
 
 
 def rss_kb(pid):
@@ -520,13 +551,14 @@ def run_load(server, args, players, repetition):
     for proc in procs:
         proc.start()
     workers = server.worker_pids()
+    helpers = server.replication_pids()
     time.sleep(max(start_at - time.monotonic(), 0))
     rss_start = {pid: rss_kb(pid) for pid in workers}
     time.sleep(max(measure_at - time.monotonic(), 0))
-    cpu_start = {pid: cpu_seconds(pid) for pid in workers}
+    cpu_start = {pid: cpu_seconds(pid) for pid in workers + helpers}
     idle_start = machine_idle()
     time.sleep(max(stop_at - time.monotonic(), 0))
-    cpu_end = {pid: cpu_seconds(pid) for pid in workers}
+    cpu_end = {pid: cpu_seconds(pid) for pid in workers + helpers}
     idle_end = machine_idle()
     reports = [queue.get(timeout=args.seconds + 120) for _ in procs]
     for proc in procs:
@@ -556,8 +588,9 @@ def run_load(server, args, players, repetition):
     idle = (idle_end[0] - idle_start[0]) / jiffies
     server_cpu = sum(cpu_end[p] - cpu_start[p] for p in workers)
     client_cpu = sum(report["cpu"] for report in reports)
+    replication_cpu = sum(cpu_end[p] - cpu_start[p] for p in helpers)
     busy = (jiffies - (idle_end[0] - idle_start[0])) / CLK_TCK
-    others = max(busy - server_cpu - client_cpu, 0.0)  # this script's parent and other processes
+    others = max(busy - server_cpu - client_cpu - replication_cpu, 0.0)  # this script's parent, other processes
     return {
         "callbacks": in_window,
         "per_second": in_window / args.seconds,
@@ -565,6 +598,7 @@ def run_load(server, args, players, repetition):
         "counts": counts, "errors": counts["errors"], "error_samples": errors, "moves": moves,
         "rss_start": rss_start, "rss_end": rss_end, "workers": workers,
         "server_cpu": server_cpu, "client_cpu": client_cpu, "idle": idle, "others": others,
+        "replication_cpu": replication_cpu if helpers else None,
     }
 
 
@@ -591,7 +625,8 @@ def prepare_database(args, games, workdir, label):
         log(f"fill ({label}): {games:,} games, {args.history_players:,} wallets, {2 * games:,} ledger rows, "
             f"{2 * games:,} audit rows in {fill_seconds:.1f} s, then fsync {sync_seconds:.1f} s "
             f"({size / 2**20:,.0f} MiB)")
-    return {"label": label, "games": games, "path": db_path, "env": env, "fill_seconds": fill_seconds}
+    return {"label": label, "games": games, "path": db_path, "env": env, "fill_seconds": fill_seconds,
+            "replica": None}
 
 
 def run_round(args, database, workdir, repetition):
@@ -605,6 +640,8 @@ def run_round(args, database, workdir, repetition):
         profile_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = server_env(database["path"], args.synchronous, port, args.workers)
+    if database["replica"]:
+        env["LITESTREAM_REPLICA_URL"] = database["replica"]
     server = Server(env, workdir, args.workers, profile_dir, args.gunicorn_arg, args.profile_clock)
     try:
         server.wait_ready()
@@ -619,7 +656,11 @@ def run_round(args, database, workdir, repetition):
             before[player] = minor_units(body["balance"])
         log(f"gunicorn pid {server.process.pid} on 127.0.0.1:{port}, workers {server.worker_pids()}, "
             f"{len(players)} players funded with {DEPOSIT} USD")
+        uploads = replica_files(database)
         result = run_load(server, args, players, repetition)
+        if database["replica"]:
+            result["replica_lag"] = replica_lag(port, time.time())
+            result["uploads"] = replica_files(database) - uploads
         # every player's balance: what it held, minus accepted bets, plus wins (nothing twice)
         wrong = []
         for player in players:
@@ -636,6 +677,50 @@ def run_round(args, database, workdir, repetition):
     print_result(args, result)
     result["label"], result["games"] = label, database["games"]
     return result
+
+
+def replica_files(database):
+    """LTX files in the file replica's level 0: one per upload (an object store PUT)."""
+    if not database["replica"]:
+        return 0
+    level = Path(database["replica"].removeprefix("file://")) / "ltx" / "0"
+    return len(list(level.glob("*.ltx"))) if level.exists() else 0
+
+
+def replica_lag(port, answered_at, timeout=60):
+    """Seconds after the last answer until /healthz reports a sync that holds every callback."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+            status, raw = request("GET", port, "/healthz")
+            health = json.loads(raw)
+            last = health.get("replication_last_sync")
+            if health.get("replication") == "ok" and last and \
+                    datetime.datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() >= answered_at:
+                return time.time() - answered_at
+        time.sleep(0.05)
+    return None
+
+
+def check_replica(database, workdir):
+    """Restore the replica by hand, as an operator would, and compare it with the database."""
+    copy = Path(workdir) / f"restored-{database['label']}.db"
+    litestream = Path(sys.executable).with_name("litestream")
+    done = subprocess.run([str(litestream), "restore", "-o", str(copy), database["replica"]],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        log(f"restore of {database['replica']} failed:\n{done.stdout}{done.stderr}")
+        return False
+    query = "SELECT player_id, currency, balance FROM wallets ORDER BY player_id, currency"
+    with contextlib.closing(sqlite3.connect(database["path"])) as live, \
+            contextlib.closing(sqlite3.connect(copy)) as restored:
+        same = live.execute(query).fetchall() == restored.execute(query).fetchall()
+        callbacks = restored.execute("SELECT count(*) FROM callbacks").fetchone()[0]
+    env = dict(database["env"], DATABASE_PATH=str(copy))
+    report = reconcile(env)
+    log(f"restored the replica by hand ({callbacks:,} callbacks): balances "
+        f"{'identical to the database' if same else 'DIFFERENT from the database'}")
+    return same and report["ok"]
 
 
 def minor_units(text):
@@ -677,6 +762,11 @@ def print_result(args, r):
         f"load generator {r['client_cpu']:.1f} s ({r['client_cpu'] / n * 1e3:.2f} ms/callback, "
         f"{args.client_processes} processes), anything else {r['others']:.1f} s, "
         f"machine idle+iowait {r['idle']:.0%}")
+    if r.get("replication_cpu") is not None:
+        lag = "never" if r["replica_lag"] is None else f"{r['replica_lag']:.2f} s"
+        log(f"replication: Litestream and its supervisor {r['replication_cpu']:.1f} s CPU "
+            f"({r['replication_cpu'] / n * 1e3:.2f} ms/callback); {r['uploads']:,} LTX files uploaded "
+            f"({r['uploads'] / (args.seconds + args.warmup):.1f}/s); a sync held the last answer {lag} after it")
     if r["others"] > 0.1 * args.seconds * len(os.sched_getaffinity(0)):
         log(f"WARNING: other processes used {r['others']:.1f} CPU-seconds of the window "
             f"({r['others'] / args.seconds / len(os.sched_getaffinity(0)):.0%} of the machine): "
@@ -727,6 +817,10 @@ def main():
                         help="wallets the preloaded games are spread over")
     parser.add_argument("--game-ids", choices=["objectid", "random"], default="objectid",
                         help="objectid: time-ordered hex like the provider's; random: 96 random bits")
+    parser.add_argument("--replication", action="store_true",
+                        help="also measure an empty database replicated by Litestream to a file replica "
+                             "in the temporary directory (LITESTREAM_REPLICA_URL), and print the two "
+                             "callbacks/s and their ratio")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (databases, gunicorn logs)")
     parser.add_argument("--profile", metavar="DIR",
@@ -742,6 +836,8 @@ def main():
     for name in ("workers", "connections", "repeat", "client_processes", "players", "history_players"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.replication and args.games_preloaded:
+        parser.error("--replication compares two empty databases; run it without --games-preloaded")
     if args.seconds <= 0 or args.warmup < 0 or args.games_preloaded < 0 or not 0 <= args.duplicates <= 1:
         parser.error("--seconds must be above 0, --warmup and --games-preloaded not negative, "
                      "--duplicates between 0 and 1")
@@ -750,7 +846,7 @@ def main():
         f"{platform.python_version()}, {platform.platform()}")
     log(f"settings: {args.workers} gunicorn sync workers, {args.connections} connections over "
         f"{args.client_processes} client processes, synchronous={args.synchronous}, "
-        f"{args.games_preloaded:,} games preloaded, duplicates {args.duplicates:.0%}, "
+        f"{args.games_preloaded:,} games preloaded{', replication off vs on' if args.replication else ''}, duplicates {args.duplicates:.0%}, "
         f"{args.seconds:g} s measured after {args.warmup:g} s warm-up, game ids {args.game_ids}, "
         f"LOG_LEVEL=WARNING (no per-callback log line){f', PROFILED ({args.profile_clock} clock)' if args.profile else ''}")
     workdir = tempfile.mkdtemp(prefix="wallet-bench-")
@@ -762,6 +858,9 @@ def main():
             databases.append(prepare_database(args, 0, workdir, "empty"))
         label = "preloaded" if args.games_preloaded else "empty"
         databases.append(prepare_database(args, args.games_preloaded, workdir, label))
+        if args.replication:
+            databases.append(prepare_database(args, 0, workdir, "replicated"))
+            databases[-1]["replica"] = (Path(workdir) / "replica").as_uri()
         for repetition in range(args.repeat):  # alternated, so that a noisy moment hits both
             for database in databases:
                 rounds.append(run_round(args, database, workdir, repetition))
@@ -769,6 +868,8 @@ def main():
         for database in databases:
             log(f"reconciliation of the {database['label']} database:")
             books[database["label"]] = reconcile(database["env"])
+            if database["replica"]:
+                books[database["label"]]["ok"] &= check_replica(database, workdir)
     finally:
         if args.keep:
             log(f"kept: {workdir}")
@@ -786,13 +887,15 @@ def main():
     targets = [f"p99 < 100 ms: {'met' if all(r['p99'] < 100 for r in rounds) else 'MISSED'}",
                f"zero errors: {'met' if not any(r['errors'] for r in rounds) else 'MISSED'}"]
     if len(databases) == 2:
+        base, other = (db["label"] for db in databases)
         rates = {db["label"]: sorted(r["per_second"] for r in rounds if r["label"] == db["label"])
                  for db in databases}
         median = {label: statistics.median(values) for label, values in rates.items()}
-        ratio = median["preloaded"] / max(median["empty"], 1e-9)
+        ratio = median[other] / max(median[base], 1e-9)
+        described = {"preloaded": f"{args.games_preloaded:,} games preloaded", "replicated": "replicated"}
         log(f"callbacks/s{' (median of ' + str(args.repeat) + ')' if args.repeat > 1 else ''}: "
-            f"empty {median['empty']:,.0f}, {args.games_preloaded:,} games preloaded {median['preloaded']:,.0f}; "
-            f"ratio preloaded / empty {ratio:.2f}")
+            f"{base} {median[base]:,.0f}, {described[other]} {median[other]:,.0f}; "
+            f"ratio {other} / {base} {ratio:.2f}")
         targets.append(f"ratio >= 0.9: {'met' if ratio >= 0.9 else 'MISSED'}")
     config = (f"{args.workers} workers, synchronous={args.synchronous}, {args.connections} connections")
     log(f"targets (set for 2 workers, synchronous=FULL, 16 connections; this run: {config}): "
