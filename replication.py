@@ -92,12 +92,20 @@ def meta_path(database):
 
 
 def redact(url):
-    """The URL without a password, for logs and status."""
+    """The URL without its password or secret query values, for logs and status."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(_secret(key) for key, _ in query):
+        hidden = [(key, "***" if _secret(key) else value) for key, value in query]
+        parts = parts._replace(query=urllib.parse.urlencode(hidden, safe="*:/"))
+    return urllib.parse.urlunsplit(parts)
+
+
+def _secret(name):
+    return any(word in name.lower() for word in ("key", "secret", "token", "password"))
 
 
 def litestream_binary():

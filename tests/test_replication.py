@@ -268,6 +268,17 @@ def test_replication_refuses_a_postgresql_database_url(tmp_path, make_app, repli
         make_app(LITESTREAM_REPLICA_URL=url, DATABASE_URL="postgres://wallet@localhost/wallet")
 
 
+def test_a_second_service_on_the_same_database_is_refused(gunicorn, tmp_path, replica):
+    from live import Gunicorn
+
+    _, url = replica
+    first = gunicorn("shared", workers=1, LITESTREAM_REPLICA_URL=url)
+    (tmp_path / "second").mkdir()
+    code, log = Gunicorn(first.database, workers=1, log_dir=tmp_path / "second", LITESTREAM_REPLICA_URL=url).refused()
+    assert code != 0 and "another service replicates" in log, log
+    synced_after(first, time.time())  # the first one's Litestream is untouched
+
+
 def test_no_restore_next_to_a_left_over_wal(tmp_path, replica):
     from live import Gunicorn
 
