@@ -231,7 +231,9 @@ def build_spec():
         "get": {"summary": "Check that the books balance", "security": ADMIN,
                 "responses": {"200": _json("Reconcile"), **ERRORS}}})
     spec.path("/healthz", operations={"get": {"summary": "Health after a database round-trip", "responses": {
-        "200": {"description": "Healthy"}, "503": {"description": "The database is unusable"}}}})
+        "200": {"description": "Healthy; with LITESTREAM_REPLICA_URL set, also `replication` (ok or "
+                "failing), `replication_last_sync` and, when failing, `replication_error`"},
+        "503": {"description": "The database is unusable"}}}})
     return spec.to_dict()
 
 

@@ -275,7 +275,7 @@ def on_exit(server):
     with contextlib.suppress(ProcessLookupError):
         process.terminate()
     try:
-        process.wait(timeout=STOP_TIMEOUT + 10)
+        process.wait(timeout=PROBE_TIMEOUT + STOP_TIMEOUT + 5)  # a sync under way, then Litestream's last
     except subprocess.TimeoutExpired:
         server.log.error("replication: the supervisor did not stop; killing it and Litestream")
         process.kill()
@@ -566,8 +566,8 @@ class Supervisor:
 
     def shutdown(self):
         """Sync once more (the workers have stopped), stop Litestream, record that it stopped."""
-        if self.process is not None and self.process.poll() is None and self.stopping:
-            self.probe()
+        if self.process is not None and self.process.poll() is None and self.stopping and self.error is None:
+            self.probe()  # not when failing: Litestream's own last sync, bounded, is then the last try
         self.stop_litestream()
         if self.process is not None or self.last_sync is not None:
             state = self.state()
@@ -590,7 +590,7 @@ def _newest_callback(database):
         return f"cannot read it: {exc}"
     if newest[0] is None:
         return "it holds no callback"
-    return (f"its newest callback was received at {_iso(newest[0] / 1000)} ({newest[1]} callbacks): "
+    return (f"its newest callback was received at {_iso(newest[0] / 1000)} ({newest[1]} in all): "
             "callbacks answered after that are lost (see `wallet callbacks --outcome conflict`)")
 
 
