@@ -574,9 +574,8 @@ class Supervisor:
             state.update(stopped=True, litestream_pid=None)
             with contextlib.suppress(OSError):
                 self.write_status(state)
-            if state["last_sync"] is not None:
-                log.info("replication: Litestream stopped; last sync %s%s", _iso(state["last_sync"]),
-                         "" if self.error is None else f" (then: {self.error})")
+            log.info("replication: Litestream stopped; last sync %s%s", _iso(state["last_sync"]) or "none",
+                     "" if self.error is None else f" (then: {self.error})")
         if self.owns_runtime:
             shutil.rmtree(self.runtime, ignore_errors=True)
 

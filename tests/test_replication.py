@@ -244,6 +244,7 @@ def test_an_unwritable_replica_is_reported_failing_while_healthz_stays_200(gunic
 def test_a_killed_master_takes_litestream_with_it(gunicorn, replica):
     _, url = replica
     server = gunicorn("orphan", workers=1, LITESTREAM_REPLICA_URL=url)
+    synced_after(server, 0)
     state = status_file(server)
     try:
         os.kill(server.process.pid, signal.SIGKILL)  # the master only: its children see it die
