@@ -6,10 +6,10 @@ Three parts, one per process that needs them:
   supervisor process per service before any worker exists, waits until it reports Litestream
   running (after restoring an absent database from the replica), and stops it at exit.
 - The supervisor (this file run as a program) restores, writes Litestream's configuration,
-  runs `litestream replicate`, restarts it when it dies, and every second asks it over its
-  control socket to sync everything committed so far onto the replica (`POST /sync` with
-  `wait`). A sync that succeeded means every transaction committed before it started is on the
-  replica; the supervisor writes that time and the state to `<DATABASE_PATH>-replication.json`.
+  runs `litestream replicate` with Litestream's own timing, restarts it when it dies, and
+  watches it over its control socket: which of its syncs of the WAL have since been uploaded
+  (see `Supervisor.watch`). From that it knows a time before which every committed transaction
+  is on the replica, and writes it with the state to `<DATABASE_PATH>-replication.json`.
 - Readers (`/healthz`, `flask wallet replication`) read that file: `status()`.
 
 The supervisor dies with the master (PR_SET_PDEATHSIG) and Litestream with the supervisor, so
@@ -37,14 +37,13 @@ import urllib.parse
 
 REPLICA_URL = "LITESTREAM_REPLICA_URL"
 SUPERVISOR = "WALLET_REPLICATION_SUPERVISOR"  # set by the master for its workers: the supervisor's pid
-PROBE_INTERVAL = 1.0  # seconds between two syncs asked of Litestream
-PROBE_TIMEOUT = 10  # seconds one sync may take (an upload) before the probe gives up
-FAILING_AFTER = 5.0  # no successful sync for this long, Litestream running or not: "failing"
+WATCH_INTERVAL = 0.25  # seconds between two looks at Litestream's state (it syncs every second)
+REQUEST_TIMEOUT = 5  # seconds for Litestream to answer on its control socket
+FAILING_AFTER = 10.0  # nothing new known to be on the replica for this long: "failing"
 STALE_AFTER = 15.0  # a status file not rewritten for this long: the supervisor is gone
 READY_TIMEOUT = 30.0  # seconds for a started Litestream to answer on its control socket
 STOP_TIMEOUT = 15.0  # seconds Litestream has to finish its last sync when the service stops
-SHUTDOWN_SYNC_TIMEOUT = "10s"
-LITESTREAM_MONITOR_INTERVAL = "5s"  # Litestream's own sync timer (its default: 1s)  # Litestream's own bound on that last sync
+SHUTDOWN_SYNC_TIMEOUT = "10s"  # Litestream's own bound on that last sync
 RESTART_DELAYS = (1, 2, 5, 10, 30, 60)  # seconds before restarting a Litestream that died, then 60
 HEALTHY_RUN = 60.0  # a Litestream that ran this long before dying restarts after the first delay
 
@@ -275,7 +274,7 @@ def on_exit(server):
     with contextlib.suppress(ProcessLookupError):
         process.terminate()
     try:
-        process.wait(timeout=PROBE_TIMEOUT + STOP_TIMEOUT + 5)  # a sync under way, then Litestream's last
+        process.wait(timeout=REQUEST_TIMEOUT + STOP_TIMEOUT + 5)  # a look under way, then Litestream's stop
     except subprocess.TimeoutExpired:
         server.log.error("replication: the supervisor did not stop; killing it and Litestream")
         process.kill()
@@ -319,7 +318,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Supervisor:
-    """Restore if needed, run Litestream, restart it, probe it, write the status file."""
+    """Restore if needed, run Litestream, restart it, watch it, write the status file."""
 
     def __init__(self, database, url):
         self.database, self.url = database, url
@@ -332,10 +331,12 @@ class Supervisor:
         self.socket = os.path.join(self.runtime, "litestream.sock")
         self.process = None
         self.started_at = None
+        self.covered = None  # every transaction committed before this time is on the replica
+        self.syncs = []  # (began, ended) of Litestream's WAL syncs not yet known to be uploaded
+        self.uploaded = None  # when Litestream's last successful upload round ended, as last seen
         self.failures = 0  # deaths since the last healthy run
         self.restart_at = None
         self.exit_note = None
-        self.last_sync = None
         self.error = None
         self.stopping = False
         self.owns_runtime = False
@@ -418,9 +419,6 @@ class Supervisor:
             f"shutdown-sync-timeout: {SHUTDOWN_SYNC_TIMEOUT}",
             "dbs:",
             f"  - path: {json.dumps(self.database)}",
-            # The supervisor asks for a sync every second (PROBE_INTERVAL); Litestream's own
-            # timer is the fallback. Each sync that finds new transactions is one upload.
-            f"    monitor-interval: {LITESTREAM_MONITOR_INTERVAL}",
             "    replica:",
             f"      url: {json.dumps(self.url)}",
             "",
@@ -432,6 +430,7 @@ class Supervisor:
     def start_litestream(self):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
+        self.syncs, self.uploaded = [], None  # a new Litestream: its own syncs and rounds
         self.process = subprocess.Popen(
             [self.binary, "replicate", "-no-expand-env", "-config", self.config],
             # Litestream reads LOG_LEVEL too, with the same names; it has no CRITICAL.
@@ -456,7 +455,7 @@ class Supervisor:
             time.sleep(0.05)
         raise ConfigurationError(f"Litestream did not answer on {self.socket} within {READY_TIMEOUT:g} s")
 
-    def request(self, method, path, payload=None, timeout=PROBE_TIMEOUT):
+    def request(self, method, path, payload=None, timeout=REQUEST_TIMEOUT):
         conn = _UnixHTTPConnection(self.socket, timeout)
         try:
             body = None if payload is None else json.dumps(payload)
@@ -469,18 +468,44 @@ class Supervisor:
             raise ValueError((data or {}).get("error") if isinstance(data, dict) else data)
         return data
 
-    def probe(self):
-        """Ask Litestream to sync everything committed until now onto the replica."""
-        began = time.time()
+    def watch(self):
+        """Learn from Litestream which transactions are on the replica: advance `self.covered`.
+
+        Litestream syncs the WAL into a local LTX file every second (its sync status reports
+        the last one: when it started and ended, or its error), and uploads new LTX files in
+        rounds (`/list` reports when the last successful round ended). Its rounds run one
+        after another, each sending every LTX file that existed when it began. So once a round
+        ends later than the round seen before, every WAL sync that had ended by that earlier
+        round is on the replica, and with it every transaction committed before that sync
+        began. Nothing is forced: asking Litestream for extra syncs (`POST /sync`) while the
+        workers commit corrupted its replica in trials with 0.5.17.
+        """
         try:
-            answer = self.request("POST", "/sync", {"path": self.database, "wait": True, "timeout": PROBE_TIMEOUT})
-            if answer["replicated_txid"] < answer["txid"]:
-                raise ValueError(f"the replica holds transaction {answer['replicated_txid']}, "
-                                 f"the database {answer['txid']}")
-        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
-            self.error = f"Litestream's sync failed: {exc}"
+            diag = self.request("GET", "/debug/sync-status?path=" + urllib.parse.quote(self.database))
+            diag = diag["databases"][0]
+            listed = {db["path"]: db for db in self.request("GET", "/list")["databases"]}[self.database]
+        except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError) as exc:
+            self.error = f"Litestream does not answer on its control socket: {exc!r}"
             return
-        self.last_sync, self.error = began, None
+        if diag.get("error"):
+            self.error = f"Litestream cannot sync the WAL: {diag['error']}"
+        elif not diag.get("active") and diag.get("operation") == "sync" and diag.get("started_at"):
+            sync = (_seconds(diag["started_at"]), _seconds(diag["updated_at"]))
+            if sync not in self.syncs:
+                self.syncs = self.syncs[-100:] + [sync]  # bounded while uploads fail: newest matter
+        if listed.get("status") != "replicating":
+            self.error = f"Litestream does not replicate the database (its status: {listed.get('status')})"
+        if not listed.get("last_sync_at"):
+            return
+        uploaded = _seconds(listed["last_sync_at"])
+        if self.uploaded is not None and uploaded > self.uploaded:
+            sent = [began for began, ended in self.syncs if ended <= self.uploaded]
+            if sent and max(sent) > (self.covered or 0):
+                self.covered = max(sent)
+                if not diag.get("error"):
+                    self.error = None
+            self.syncs = [sync for sync in self.syncs if sync[1] > self.uploaded]
+        self.uploaded = uploaded
 
     def check_process(self):
         """Notice a Litestream that died and restart it when its delay has passed."""
@@ -501,14 +526,14 @@ class Supervisor:
         now = time.time()
         if self.process is None:
             error = f"{self.exit_note}; restarting it"
-        elif self.last_sync is None:
-            error = self.error or "waiting for the first sync"
-        elif now - self.last_sync > FAILING_AFTER:
-            error = f"no successful sync for {now - self.last_sync:.0f} s: {self.error}"
+        elif self.covered is None or now - self.covered > FAILING_AFTER:
+            since = "yet" if self.covered is None else f"for {now - self.covered:.0f} s"
+            error = f"nothing new known to be on the replica {since}: " + (
+                self.error or "Litestream uploaded nothing (its log above says why)")
         else:
             error = None
         return {
-            "state": "ok" if error is None else "failing", "error": error, "last_sync": self.last_sync,
+            "state": "ok" if error is None else "failing", "error": error, "last_sync": self.covered,
             "checked_at": now, "replica": redact(self.url), "database": self.database,
             "host": socket.gethostname(), "supervisor_pid": os.getpid(),
             "litestream_pid": self.process.pid if self.process else None,
@@ -545,14 +570,16 @@ class Supervisor:
 
     def loop(self):
         """Until told to stop: restart a dead Litestream, sync, write the status, log changes."""
-        reported, started = None, time.monotonic()
+        reported, started, written = None, time.monotonic(), 0
         while not self.stopping:
             began = time.monotonic()
             self.check_process()
             if self.process is not None:
-                self.probe()
+                self.watch()
             state = self.state()
-            self.write_status(state)
+            if state["state"] != reported or time.monotonic() - written >= 1:
+                self.write_status(state)
+                written = time.monotonic()
             if state["state"] == "ok" and reported != "ok":
                 log.log(logging.INFO if reported is None else logging.WARNING, "replication: %s; last sync %s",
                         "ok" if reported is None else "ok again", _iso(state["last_sync"]))
@@ -561,15 +588,13 @@ class Supervisor:
                     reported == "ok" or began - started > FAILING_AFTER):  # not while Litestream starts
                 log.error("replication: failing: %s", state["error"])
                 reported = "failing"
-            while not self.stopping and time.monotonic() - began < PROBE_INTERVAL:
+            while not self.stopping and time.monotonic() - began < WATCH_INTERVAL:
                 time.sleep(0.05)
 
     def shutdown(self):
-        """Sync once more (the workers have stopped), stop Litestream, record that it stopped."""
-        if self.process is not None and self.process.poll() is None and self.stopping and self.error is None:
-            self.probe()  # not when failing: Litestream's own last sync, bounded, is then the last try
+        """Stop Litestream (it syncs what is left first) and record that it stopped."""
         self.stop_litestream()
-        if self.process is not None or self.last_sync is not None:
+        if self.process is not None or self.covered is not None:
             state = self.state()
             state.update(stopped=True, litestream_pid=None)
             with contextlib.suppress(OSError):
@@ -578,6 +603,11 @@ class Supervisor:
                      "" if self.error is None else f" (then: {self.error})")
         if self.owns_runtime:
             shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def _seconds(text):
+    """Litestream's RFC 3339 time (nanoseconds, Z) as epoch seconds."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _newest_callback(database):
