@@ -139,7 +139,7 @@ def drill(args, number, workdir):
         server.stop()
     books = bench.reconcile(dict(env, DATABASE_PATH=str(database)))
     missing = [(at, kind, game) for at, kind, game in answers if (kind, game) not in present]
-    broken = [entry for entry in missing if last_sync is None or entry[0] < last_sync]
+    broken = [entry for entry in missing if last_sync is not None and entry[0] < last_sync]
     window = killed - min(at for at, _, _ in missing) if missing else 0.0
     result = {
         "answered": len(answers), "missing": len(missing), "window": window, "restored": restored,
@@ -148,9 +148,10 @@ def drill(args, number, workdir):
         "broken": len(broken), "books": books["ok"],
     }
     log(f"drill {number + 1}: {result['answered']:,} callbacks answered ({result['rate']:,.0f}/s), "
-        f"{result['missing']:,} missing after the restore, loss window {window * 1000:,.0f} ms; last sync "
-        f"reported {result['sync_age'] * 1000 if result['sync_age'] is not None else float('nan'):,.0f} ms "
-        f"before the kill; restored: {'yes' if restored else 'NO'}; missing before that sync: {len(broken)}; "
+        f"{result['missing']:,} missing after the restore, loss window {window * 1000:,.0f} ms; "
+        + ("no sync reported before the kill" if last_sync is None else
+           f"last sync reported {result['sync_age'] * 1000:,.0f} ms before the kill")
+        + f"; restored: {'yes' if restored else 'NO'}; missing before that sync: {len(broken)}; "
         f"books {'balance' if books['ok'] else 'DO NOT BALANCE'}")
     return result
 
@@ -174,10 +175,14 @@ def main():
     log(f"{args.drills} drills, {args.connections} connections, {args.workers} workers, "
         f"synchronous={args.synchronous}, kill after {args.traffic_min:g}-{args.traffic_max:g} s of traffic; "
         f"temporary directory {workdir}")
+    keep = args.keep
     try:
         results = [drill(args, number, workdir) for number in range(args.drills)]
+    except BaseException:
+        keep = True  # a drill that could not finish (e.g. a restore refused): its files tell why
+        raise
     finally:
-        if args.keep:
+        if keep:
             log(f"kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
