@@ -706,7 +706,8 @@ def check_replica(database, workdir):
     """Restore the replica by hand, as an operator would, and compare it with the database."""
     copy = Path(workdir) / f"restored-{database['label']}.db"
     litestream = Path(sys.executable).with_name("litestream")
-    done = subprocess.run([str(litestream), "restore", "-o", str(copy), database["replica"]],
+    done = subprocess.run([str(litestream), "restore", "-integrity-check", "full", "-o", str(copy),
+                           database["replica"]],
                           capture_output=True, text=True)
     if done.returncode != 0:
         log(f"restore of {database['replica']} failed:\n{done.stdout}{done.stderr}")

@@ -16,8 +16,8 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -150,6 +150,9 @@ def test_restore_drill(gunicorn, make_app, replica, tmp_path):
     log = server.log()
     assert f"{database} does not exist: restoring the latest copy from {url}" in log
     assert f"restored {database} from {url} up to transaction" in log
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
     state = books(database)  # every balance equals its ledger, none negative
     rows = collections.defaultdict(list)
     for _, amount, kind, game_id, _ in state["ledger"]:
@@ -176,7 +179,8 @@ def test_restore_drill(gunicorn, make_app, replica, tmp_path):
     synced_after(server, time.time())
     server.stop()  # a clean stop syncs what is left: the replica restores to the same books
     copy = tmp_path / "by-hand.db"
-    subprocess.run([str(LITESTREAM), "restore", "-o", str(copy), url], check=True, capture_output=True)
+    subprocess.run([str(LITESTREAM), "restore", "-integrity-check", "full", "-o", str(copy), url],
+                   check=True, capture_output=True)
     assert books(copy) == expected
 
 
