@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+import db
 from conftest import FINISH, START, audit, body, books
 
 CLIENTS = 8
@@ -347,3 +348,12 @@ def test_flask_run_says_it_does_not_replicate(make_app, replica, tmp_path):
     text = output.read_text()
     assert "LITESTREAM_REPLICA_URL is set but this server does not run Litestream" in text, text
     assert not (Path(f"{database}-replication.json")).exists()
+
+
+def test_with_replication_the_workers_leave_checkpoints_to_litestream(make_app, replica):
+    _, url = replica
+    plain = make_app()
+    replicated = make_app(LITESTREAM_REPLICA_URL=url)
+    for app, pages in ((plain, 1000), (replicated, db.REPLICATED_AUTOCHECKPOINT_PAGES)):
+        with app.app_context():
+            assert db.get_db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
