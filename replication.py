@@ -570,16 +570,16 @@ class Supervisor:
 
     def loop(self):
         """Until told to stop: restart a dead Litestream, sync, write the status, log changes."""
-        reported, started, written = None, time.monotonic(), 0
+        reported, started, written, last = None, time.monotonic(), 0, None
         while not self.stopping:
             began = time.monotonic()
             self.check_process()
             if self.process is not None:
                 self.watch()
             state = self.state()
-            if state["state"] != reported or time.monotonic() - written >= 1:
+            if (state["state"], state["last_sync"]) != last or time.monotonic() - written >= 1:
                 self.write_status(state)
-                written = time.monotonic()
+                written, last = time.monotonic(), (state["state"], state["last_sync"])
             if state["state"] == "ok" and reported != "ok":
                 log.log(logging.INFO if reported is None else logging.WARNING, "replication: %s; last sync %s",
                         "ok" if reported is None else "ok again", _iso(state["last_sync"]))

@@ -767,7 +767,8 @@ def print_result(args, r):
         lag = "never" if r["replica_lag"] is None else f"{r['replica_lag']:.2f} s"
         log(f"replication: Litestream and its supervisor {r['replication_cpu']:.1f} s CPU "
             f"({r['replication_cpu'] / n * 1e3:.2f} ms/callback); {r['uploads']:,} LTX files uploaded "
-            f"({r['uploads'] / (args.seconds + args.warmup):.1f}/s); a sync held the last answer {lag} after it")
+            f"({r['uploads'] / (args.seconds + args.warmup):.1f}/s); /healthz reported a sync holding the last "
+            f"answer {lag} after it")
     if r["others"] > 0.1 * args.seconds * len(os.sched_getaffinity(0)):
         log(f"WARNING: other processes used {r['others']:.1f} CPU-seconds of the window "
             f"({r['others'] / args.seconds / len(os.sched_getaffinity(0)):.0%} of the machine): "
