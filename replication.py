@@ -247,8 +247,10 @@ def on_starting(server):
         )
     litestream_binary()
     if os.environ.get(SUPERVISOR):
-        server.log.warning("replication: another master (pid %s's supervisor) replicates this "
-                           "database; not starting a second Litestream", os.environ[SUPERVISOR])
+        # gunicorn's USR2 upgrade: the old master's Litestream goes when the old master does.
+        server.log.warning("replication: an older master's supervisor (pid %s) replicates this database; "
+                           "not starting a second Litestream. Once the old master exits nothing replicates: "
+                           "restart the service instead of upgrading it with USR2", os.environ[SUPERVISOR])
         return
     database = database_path()
     process = subprocess.Popen(
