@@ -393,9 +393,12 @@ class Supervisor:
             stdin=subprocess.DEVNULL, capture_output=True, text=True,
         )
         if done.returncode != 0:
+            output = (done.stderr or done.stdout).strip()
+            hint = (" The latest copy is corrupt: restore an earlier point in time by hand (README, "
+                    "Keeping a copy off the machine)." if "integrity check" in output else "")
             raise ConfigurationError(
                 f"restoring {self.database} from {redact(self.url)} failed (exit {done.returncode}): "
-                f"{(done.stderr or done.stdout).strip()[-2000:]}"
+                f"{output[-2000:]}{hint}"
             )
         if not os.path.exists(self.database):
             log.warning("replication: no copy in %s: starting with a new, empty database at %s",
@@ -403,8 +406,8 @@ class Supervisor:
             return
         summary = json.loads(done.stdout)
         log.warning("replication: restored %s from %s up to transaction %s in %d ms; %s",
-                 self.database, redact(self.url), summary.get("txid"), summary.get("duration_ms", 0),
-                 _newest_callback(self.database))
+                    self.database, redact(self.url), summary.get("txid"), summary.get("duration_ms", 0),
+                    _newest_callback(self.database))
 
     # litestream -----------------------------------------------------------------------------
 
@@ -481,6 +484,11 @@ class Supervisor:
         round is on the replica, and with it every transaction committed before that sync
         began. Nothing is forced: asking Litestream for extra syncs (`POST /sync`) while the
         workers commit corrupted its replica in trials with 0.5.17.
+
+        Two cases where Litestream splits its work could let this run ahead of the replica:
+        a WAL sync of more than 64 MiB (done in chunks, each reported as a sync) and an upload
+        backlog of more than 256 files (sent in batches, each reported as a round). Neither
+        happens at this service's rates unless the replica was unreachable for minutes.
         """
         try:
             diag = self.request("GET", "/debug/sync-status?path=" + urllib.parse.quote(self.database))
