@@ -488,7 +488,7 @@ class Supervisor:
         Two cases where Litestream splits its work could let this run ahead of the replica:
         a WAL sync of more than 64 MiB (done in chunks, each reported as a sync) and an upload
         backlog of more than 256 files (sent in batches, each reported as a round). Neither
-        happens at this service's rates unless the replica was unreachable for minutes.
+        happens at this service's rates unless the replica was unreachable for a minute or more.
         """
         try:
             diag = self.request("GET", "/debug/sync-status?path=" + urllib.parse.quote(self.database))

@@ -69,7 +69,7 @@ def wait_for(condition, what, server):
 
 
 def synced_after(server, since):
-    """Wait until /healthz reports a successful sync that started after `since`; its time."""
+    """Wait until /healthz reports a last sync after `since` (all committed before it is on the replica)."""
     def synced():
         answer = healthz(server)
         last = answer.get("replication_last_sync")
