@@ -13,6 +13,7 @@ import db
 import errors
 import openapi
 import paths
+import replication
 import simulator
 import wallet
 
@@ -26,6 +27,7 @@ ENVIRONMENT = (
     "CURRENCY_DECIMALS",
     "SQLITE_SYNCHRONOUS",
     "LOG_LEVEL",
+    "LITESTREAM_REPLICA_URL",
 )
 
 
@@ -49,6 +51,7 @@ def create_app(test_config=None):
         CURRENCY_DECIMALS="",
         SQLITE_SYNCHRONOUS="FULL",
         LOG_LEVEL="INFO",
+        LITESTREAM_REPLICA_URL=None,
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     app.config.update({key: os.environ[key] for key in ENVIRONMENT if key in os.environ})
@@ -56,9 +59,14 @@ def create_app(test_config=None):
         app.config.update(test_config)
     _normalise_config(app)
     _configure_logging(app)
+    serving = _serving()
+    try:
+        if warning := replication.check_app(app.config, serving):  # refuses what would lose the replica's books
+            app.logger.warning(warning)
+    except replication.ConfigurationError as exc:
+        raise db.StartupError(str(exc)) from None
 
     errors.register(app)
-    serving = _serving()
     db.init_app(app, create=serving)
     paths.init_app(app)
     app.register_blueprint(callbacks.bp)
@@ -76,8 +84,10 @@ def create_app(test_config=None):
             db.get_db().ping()
         except db.DatabaseUnavailable as exc:
             db.unavailable(exc)
-            return jsonify({"status": "unavailable", "error": "database_unavailable", "message": str(exc)}), 503
-        return jsonify({"status": "ok"})
+            return jsonify({"status": "unavailable", "error": "database_unavailable", "message": str(exc),
+                            **replication.health(app.config)}), 503
+        # Replication failing does not make a working wallet unhealthy: still 200, said in the body.
+        return jsonify({"status": "ok", **replication.health(app.config)})
 
     if app.config["CALLBACK_TOKEN"] is None and serving:
         app.logger.warning(
@@ -97,7 +107,7 @@ def _serving():
 def _normalise_config(app):
     """Turn the environment's strings into checked values; refuse to start on a bad one."""
     config = app.config
-    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "DATABASE_URL"):
+    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "DATABASE_URL", "LITESTREAM_REPLICA_URL"):
         config[key] = (config[key] or "").strip() or None
     try:
         config["CALLBACK_TOKENS"] = callbacks.parse_tokens(config["CALLBACK_TOKEN"])

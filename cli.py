@@ -15,11 +15,13 @@ import sys
 import uuid
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 import books
 import db
+import replication
 import schemas
 import wallet
 from errors import ApiError
@@ -346,3 +348,27 @@ def _progress(verb):
         click.echo(f"\r{verb} {table}: {rows:,} rows", nl=False, err=True)
 
     return show
+
+
+@wallet_cli.command("replication")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the fields /healthz adds).")
+def replication_status(as_json):
+    """Show whether Litestream replicates the database and when it last synced.
+
+    Exit status: 0 replication ok, 1 replication is off (LITESTREAM_REPLICA_URL unset),
+    3 replication failing.
+    """
+    config = current_app.config
+    if config["LITESTREAM_REPLICA_URL"] is None:
+        raise click.ClickException("replication is off: LITESTREAM_REPLICA_URL is not set")
+    report = replication.health(config)
+    if as_json:
+        _echo(report)
+    else:
+        click.echo(f"replication: {report['replication']}")
+        click.echo(f"replica: {replication.redact(config['LITESTREAM_REPLICA_URL'])}")
+        click.echo(f"last sync: {report['replication_last_sync'] or 'none'}")
+        if "replication_error" in report:
+            click.echo(f"error: {report['replication_error']}")
+    if report["replication"] != "ok":
+        raise SystemExit(EXIT_PROBLEM)

@@ -1,5 +1,9 @@
-# gunicorn reads this file from its working directory, so the Procfile's line and the
-# README's local gunicorn line both use it unchanged.
+"""gunicorn's settings, read from its working directory: the Procfile's line and the README's
+local gunicorn line use them unchanged.
+
+Replication (LITESTREAM_REPLICA_URL): the master starts one Litestream for the whole service
+before any worker serves, and stops it when gunicorn stops. See replication.py.
+"""
 
 # --- Worker class ---------------------------------------------------------------------------
 # gevent: each connection is a greenlet, so clients that send their request slowly (or never
@@ -11,6 +15,7 @@
 # serving.JsonRefusals overrides the Worker.handle_error all worker classes share.
 from gunicorn.workers.ggevent import GeventWorker
 
+import replication
 from serving import JsonRefusals, check_before_serving
 
 
@@ -34,9 +39,16 @@ limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
 
-# --- Before any worker starts -------------------------------------------------------------
+# --- Before any worker starts, and at exit ----------------------------------------------------
 
 
 def on_starting(server):
-    """A wrong setting or an unreachable database stops the service here, with one clear line."""
+    """Restore a lost database from its replica and start replicating (when configured), then
+    check the app: a wrong setting or an unreachable database stops the service here, with one
+    clear line."""
+    replication.on_starting(server)
     check_before_serving(server)
+
+
+def on_exit(server):
+    replication.on_exit(server)

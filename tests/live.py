@@ -84,6 +84,19 @@ class RawAnswer:
         return f"RawAnswer({self.status}, {self.body[:300]!r})"
 
 
+def workers_of(pid):
+    """A gunicorn master's workers: its children but the replication supervisor (replication.py)."""
+    found = set()
+    for child in children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"replication.py" not in command:
+            found.add(child)
+    return found
+
+
 class Gunicorn:
     """One gunicorn on `database`: start it, talk to it, stop it or kill it outright."""
 
@@ -105,37 +118,8 @@ class Gunicorn:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self):
-        """Start on a free port and wait until every worker is up; fail the test with the log if not."""
-        self._spawn()
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                status, _ = self.request("GET", "/healthz", timeout=2)
-            except (OSError, http.client.HTTPException):
-                status = None
-            if status == 200:
-                self.workers = children(self.process.pid)
-                if len(self.workers) == self.workers_wanted:
-                    self.access_log.write_text("")  # count only the test's own requests
-                    return self
-            time.sleep(0.05)
-        pytest.fail(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{self.log()}")
-
-    def refused(self):
-        """Start it expecting it to refuse to start; return its exit code once it has exited."""
-        self._spawn()
-        try:
-            return self.process.wait(timeout=STARTUP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"gunicorn started instead of refusing to:\n{self.log()}")
-
-    def _spawn(self):
-        self.port = free_port()
-        command = [
+    def command(self):
+        return [
             sys.executable, "-m", "gunicorn",
             "--workers", str(self.workers_wanted),
             "--bind", f"127.0.0.1:{self.port}",
@@ -145,9 +129,42 @@ class Gunicorn:
             "--access-logformat", "%(p)s %(s)s %(m)s %(U)s",
             "app:create_app()",
         ]
+
+    def start(self):
+        """Start on a free port and wait until every worker is up; fail the test with the log if not."""
+        self.port = free_port()
+        command = self.command()
         with open(self.error_log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                status, _ = self.request("GET", "/healthz", timeout=2)
+            except (OSError, http.client.HTTPException):
+                status = None
+            if status == 200:
+                self.workers = workers_of(self.process.pid)
+                if len(self.workers) == self.workers_wanted:
+                    self.access_log.write_text("")  # count only the test's own requests
+                    return self
+            time.sleep(0.05)
+        pytest.fail(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{self.log()}")
+
+    def refused(self):
+        """Start it expecting gunicorn to refuse: its exit status and log (fails the test if it serves)."""
+        self.port = free_port()
+        with open(self.error_log, "ab") as log:
+            self.process = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log, start_new_session=True)
+        try:
+            self.process.wait(timeout=STARTUP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"gunicorn started instead of refusing:\n{self.log()}")
+        return self.process.returncode, self.log()
 
     def stop(self):
         """Shut down gracefully (SIGTERM), killing it if it does not go within 10 s."""
@@ -244,9 +261,9 @@ class Gunicorn:
     def assert_healthy(self):
         """The master and every worker it started are alive, and nothing crashed."""
         assert self.process.poll() is None, f"gunicorn exited:\n{self.log()}"
-        assert children(self.process.pid) == self.workers, (
+        assert workers_of(self.process.pid) == self.workers, (
             f"a worker died or was replaced (started {sorted(self.workers)}, "
-            f"now {sorted(children(self.process.pid))}):\n{self.log()}"
+            f"now {sorted(workers_of(self.process.pid))}):\n{self.log()}"
         )
         log = self.log()
         for marker in ("Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT"):

@@ -157,8 +157,8 @@ def test_a_bad_database_url_refuses_to_start_with_one_clear_line(own_postgres, t
         "no such database": own_postgres.url("no_such_database"),
     }[problem]
     server = Gunicorn(url, name=problem.replace(" ", "-"), log_dir=tmp_path, workers=1)
-    assert server.refused() == 1
-    log = server.log()
+    code, log = server.refused()
+    assert code == 1
     assert "The service cannot start: PostgreSQL: connection" in log, log
     assert "Traceback" not in log and PASSWORD not in log and "not-it" not in log
 
@@ -170,7 +170,7 @@ def test_a_bad_database_url_refuses_to_start_with_one_clear_line(own_postgres, t
 
 def test_a_url_of_another_scheme_refuses_to_start_naming_the_accepted_ones(tmp_path):
     server = Gunicorn("mysql://wallet@localhost/wallet", name="mysql", log_dir=tmp_path, workers=1)
-    assert server.refused() == 1
+    assert server.refused()[0] == 1
     assert "DATABASE_URL must be a PostgreSQL URL (postgresql:// or postgres://...), not mysql://" in server.log()
     with pytest.raises(db.StartupError, match="postgresql://"):
         app_module.create_app({"DATABASE_URL": "sqlite:///wallet.db"})

