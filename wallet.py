@@ -130,27 +130,29 @@ def _minor_or_invalid(amount, currency, *path):
     raise ValidationError(message)
 
 
-def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None):
+def _move(db, wallet, amount, kind, now, game_id=None, reference=None):
     """Change a balance and write its ledger row; the only place a balance changes.
 
-    Returns False (and changes nothing) when the wallet would go negative; refuses (409)
-    a credit that would take it past MAX_MINOR.
+    `wallet` is a wallet's id, or (player_id, currency). Returns the wallet's id, or None (and
+    changes nothing) when there is no such wallet or it would go negative; refuses (409) a
+    credit that would take it past MAX_MINOR.
     """
+    where, key = ("id = ?", [wallet]) if isinstance(wallet, int) else ("player_id = ? AND currency = ?", [*wallet])
     row = db.execute(
-        "UPDATE wallets SET balance = balance + ?, updated_at = ? "
-        "WHERE id = ? AND balance + ? BETWEEN 0 AND ? RETURNING balance",
-        [amount, now, wallet_id, amount, MAX_MINOR],
+        f"UPDATE wallets SET balance = balance + ?, updated_at = ? "
+        f"WHERE {where} AND balance + ? BETWEEN 0 AND ? RETURNING id, balance",
+        [amount, now, *key, amount, MAX_MINOR],
     ).fetchone()
     if row is None and amount > 0:
         raise ApiError(409, "balance_limit", "The credit would take the wallet past the largest balance it can hold.")
     if row is None:
-        return False
+        return None
     db.execute(
         "INSERT INTO ledger (wallet_id, amount, balance_after, kind, game_id, reference, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [wallet_id, amount, row[0], kind, game_id, reference, now],
+        [row[0], amount, row[1], kind, game_id, reference, now],
     )
-    return True
+    return row[0]
 
 
 def _wallet_row(db, player_id, currency):
@@ -211,8 +213,12 @@ def _start(db, cb, bet, now):
             return Outcome(200, {"result": False}, "duplicate", f"game {game_id} was refunded")
         return Outcome(200, {"result": True}, "duplicate", f"bet of game {game_id} already accepted ({status})")
 
-    wallet = _wallet_row(db, player_id, currency)
-    accepted = wallet is not None and _move(db, wallet[0], -bet, "bet", now, game_id=game_id)
+    # Debited in one statement by the wallet's owner; only a declined bet looks the wallet up.
+    wallet_id = _move(db, (player_id, currency), -bet, "bet", now, game_id=game_id)
+    accepted = wallet_id is not None
+    wallet = None if accepted else _wallet_row(db, player_id, currency)
+    if wallet is not None:
+        wallet_id = wallet[0]
     data = cb.get("data", {})
     db.execute(
         "INSERT INTO games (game_id, status, player_id, currency, wallet_id, bet, session_id, "
@@ -229,7 +235,7 @@ def _start(db, cb, bet, now):
             "open" if accepted else "declined",
             player_id,
             currency,
-            wallet[0] if wallet else None,
+            wallet_id,
             bet,
             session["id"],
             session["game_name"],

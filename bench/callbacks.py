@@ -1274,7 +1274,8 @@ def summarise(args, configs, results):
         return "met" if ok else "MISSED"
 
     targets = [
-        f"p99 < {TARGETS['p99 ms']} ms: {met(all(row['p99'] < TARGETS['p99 ms'] for row in rows.values()))}",
+        f"p99 < {TARGETS['p99 ms']} ms (the project's rounds): "
+        f"{met(all(row['p99'] < TARGETS['p99 ms'] for config, row in rows.items() if config.app == 'project'))}",
         f"zero errors: {met(not any(row['errors'] for row in rows.values()))}",
     ]
 

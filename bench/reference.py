@@ -33,6 +33,10 @@ import time
 
 from flask import Flask, abort, request
 
+# As the project's postgres.py: psycopg waits for the server in C even under gevent's patched
+# select (one request at a time uses the connection), so both are measured alike.
+os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_c")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS wallets (id {id}, player_id TEXT NOT NULL, currency TEXT NOT NULL,
     balance BIGINT NOT NULL CHECK (balance >= 0), UNIQUE (player_id, currency));
