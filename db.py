@@ -161,7 +161,8 @@ class Store:
     """A connection to the books. One per process, used by one request at a time.
 
     execute(sql, params): run one statement (SQL with `?` placeholders); returns a cursor
-        with fetchone()/fetchall() whose rows read by position or by column name.
+        with fetchone()/fetchall() whose rows read by position or by column name. Read a
+        statement's rows before the next one: an engine may run them all on one cursor.
     stream(sql, params): iterate over a large result without holding it all in memory.
     transaction(): a block that commits whole or not at all, serialised against every
         other writer on the engine's terms; `lock(kind, key)` inside it serialises the
