@@ -582,7 +582,8 @@ def recovered(app):
 
 
 def release_db(exc=None):
-    """At the end of a request or command: never leave a transaction open, free the store."""
+    """At the end of a request or command: never leave a transaction open, free the store,
+    and note the end of an outage when the books served this request."""
     store = g.pop("wallet_db", None)
     if store is None:
         return
@@ -596,12 +597,15 @@ def release_db(exc=None):
         store.discard()
     finally:
         state["lock"].release()
+    if state["outage_since"] is not None and not g.pop("wallet_db_failed", False):
+        recovered(current_app)
 
 
 def unavailable(error):
     """Note a DatabaseUnavailable raised while serving: log the outage once, drop a
     connection that may be broken."""
     outage(current_app, error)
+    g.wallet_db_failed = True
     store = g.get("wallet_db")
     if store is not None and not store.usable():
         store.discard()

@@ -297,3 +297,29 @@ def test_a_postgresql_backup_is_a_sqlite_file_the_service_opens_and_reconciles(a
     assert everything(target) == everything(url)
     restored = app_on(target).test_cli_runner().invoke(args=["wallet", "reconcile"])
     assert restored.exit_code == 0 and "the books balance" in restored.output
+
+
+def test_a_statement_held_past_its_timeout_is_a_503_and_the_outage_ends_in_the_log(
+        app_on, new_postgres_database, caplog):
+    """A callback that waits on another transaction's lock longer than the statement timeout
+    answers 503 within seconds (never a hang), moves nothing, and the next callback served
+    logs that the database is available again."""
+    url = new_postgres_database("timeout")
+    app = app_on(url)
+    wallet = Wallet(app.test_client(), app)
+    wallet.deposit("10.00")
+    holder = psycopg.connect(url, autocommit=True)
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended('game:g-held', 0))")
+        with caplog.at_level("INFO"):
+            held = wallet.start(game_id="g-held")
+            holder.execute("ROLLBACK")
+            assert held.status_code == 503 and held.json["error"] == "database_unavailable"
+            assert wallet.start(game_id="g-free").json == {"result": True}
+    finally:
+        holder.close()
+    assert wallet.balance() == "9.00"  # the held start moved nothing; it may be retried
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("database unavailable" in message for message in messages) == 1, messages
+    assert any("database available again" in message for message in messages), messages
