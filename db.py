@@ -290,8 +290,9 @@ class SQLiteStore(Store):
         except sqlite3.Error as error:
             raise _sqlite_error(error) from None
         self.db = sqlite_utils.Database(self.conn, execute_plugins=False)
-        # The file the service's writers queue on (see transaction); not for a one-off copy.
-        self._writers = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT, 0o600) if writers_queue else None
+        # The file the service's writers queue on (see transaction), opened at the first write:
+        # a store that only reads (a command on a backup) leaves nothing beside the file.
+        self._queue, self._writers = writers_queue, None
 
     def _enable_wal(self):
         """Switch the file to WAL, waiting for the lock like any writer would.
@@ -338,6 +339,8 @@ class SQLiteStore(Store):
         gevent worker's every connection with it; the kernel hands the flock over the moment
         it is released. BEGIN IMMEDIATE still guards against any other writer.
         """
+        if self._queue and self._writers is None:
+            self._writers = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT, 0o600)
         if self._writers is not None:
             fcntl.flock(self._writers, fcntl.LOCK_EX)
         try:
@@ -566,9 +569,10 @@ def _prepare(app, store, create):
 
 
 def outage(app, error):
-    """Log that the database is away, once per outage (not once per request)."""
+    """Log that the database is away, once per outage (not once per request); a command
+    says so itself, as its error."""
     state = app.extensions["wallet_db"]
-    if state["outage_since"] is None:
+    if state["outage_since"] is None and state["create"]:
         state["outage_since"] = time.monotonic()
         app.logger.error("database unavailable (%s): answering 503 until it is back: %s", state["label"], error)
 

@@ -16,7 +16,7 @@ before any worker serves, and stops it when gunicorn stops. See replication.py.
 from gunicorn.workers.ggevent import GeventWorker
 
 import replication
-from serving import JsonRefusals, check_before_serving
+from serving import JsonRefusals, check_before_serving, refuse
 
 
 class JsonGeventWorker(JsonRefusals, GeventWorker):
@@ -29,6 +29,9 @@ worker_connections = 1000  # per worker: open connections, idle or slow ones inc
 # and an idle kept-alive connection stays open as long: longer than a PaaS router keeps one
 # (Heroku's: 90 s), so the router, not gunicorn, closes it and never reuses a closed one.
 keepalive = 95
+# gunicorn's control socket (gunicornc) is not used here, and every master on a machine would
+# share its one default path (~/.gunicorn/gunicorn.ctl): two instances on one host would clash.
+control_socket_disable = True
 
 # --- HTTP limits (README: "Refused by gunicorn") --------------------------------------------
 # The request line (method, path, query, version) may be 8190 bytes, gunicorn's largest: the
@@ -46,7 +49,10 @@ def on_starting(server):
     """Restore a lost database from its replica and start replicating (when configured), then
     check the app: a wrong setting or an unreachable database stops the service here, with one
     clear line."""
-    replication.on_starting(server)
+    try:
+        replication.on_starting(server)
+    except replication.ConfigurationError as error:
+        refuse(error)
     check_before_serving(server)
 
 

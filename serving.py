@@ -100,6 +100,9 @@ def _check(application):
     from click import ClickException  # how the app says a setting is wrong (db.StartupError)
     from werkzeug.test import Client
 
+    # Only the verdict below is printed: the app's own log lines (an outage it would answer
+    # 503 to, the unset CALLBACK_TOKEN) come again from the workers if it starts.
+    os.environ["LOG_LEVEL"] = "CRITICAL"
     try:
         wsgi = application.wsgi()
         answer = Client(wsgi).get("/healthz")
@@ -117,3 +120,9 @@ def _check(application):
 def _refuse(reason):
     print(f"The service cannot start: {reason}", file=sys.stderr, flush=True)
     return 1
+
+
+def refuse(reason):
+    """Stop the master before it serves, with the same one line as check_before_serving."""
+    _refuse(reason)
+    raise SystemExit(1)
