@@ -26,6 +26,12 @@ from flask.cli import with_appcontext
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 10_000
+# While the database is away every request must still get its 503 within seconds: one waits
+# at most QUEUE_TIMEOUT_S for its worker's connection, and once the database failed a request
+# the others are answered at once for RETRY_AFTER_S (the 503's Retry-After) before it is tried
+# again; so a queue of callbacks drains instead of taking turns to time out.
+QUEUE_TIMEOUT_S = 5
+RETRY_AFTER_S = 1
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 # With Litestream replicating (replication.py) it checkpoints the WAL itself once it has
 # copied it. At SQLite's default of 1,000 pages every commit would also try a checkpoint
@@ -37,7 +43,15 @@ log = logging.getLogger("wallet.db")
 
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be reached, timed out, or lost a statement's outcome: answer 503."""
+    """The database cannot be reached, timed out, or lost a statement's outcome: answer 503.
+
+    `away`: the database as a whole is (other requests are answered at once for a moment, see
+    get_db); not for one statement that ran out of time, nor for a request answered without
+    trying it."""
+
+    def __init__(self, message, away=True):
+        super().__init__(message)
+        self.away = away
 
 
 class StartupError(click.ClickException):
@@ -336,13 +350,11 @@ class SQLiteStore(Store):
         The service's own processes first queue on an flock of a file beside the database:
         SQLite makes a writer that finds the lock taken sleep and retry (1, 2, 5 ... 100 ms),
         which with several busy workers leaves one waiting for tens of milliseconds, and a
-        gevent worker's every connection with it; the kernel hands the flock over the moment
-        it is released. BEGIN IMMEDIATE still guards against any other writer.
+        gevent worker's every connection with it; the flock is tried again every 2 ms at most.
+        BEGIN IMMEDIATE still guards against any other writer.
         """
-        if self._queue and self._writers is None:
-            self._writers = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT, 0o600)
-        if self._writers is not None:
-            fcntl.flock(self._writers, fcntl.LOCK_EX)
+        if self._queue:
+            self._queue_up()
         try:
             self.execute("BEGIN IMMEDIATE")
             try:
@@ -358,6 +370,22 @@ class SQLiteStore(Store):
         finally:
             if self._writers is not None:
                 fcntl.flock(self._writers, fcntl.LOCK_UN)
+
+    def _queue_up(self):
+        """Take the writers' flock, waiting at most busy_timeout: while another process holds it
+        the wait is short sleeps (a gevent worker serves its other connections meanwhile)."""
+        if self._writers is None:
+            self._writers = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline, pause = time.monotonic() + BUSY_TIMEOUT_MS / 1000, 0.0002
+        while True:
+            try:
+                fcntl.flock(self._writers, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DatabaseUnavailable(f"SQLite: {self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
 
     def lock(self, kind, key):
         """Nothing to do: `BEGIN IMMEDIATE` already serialises every write transaction."""
@@ -438,24 +466,32 @@ def describe_url(url):
     return describe(url)
 
 
-def check_url(url):
-    """Refuse a DATABASE_URL of any scheme but PostgreSQL's, naming the accepted ones."""
+def is_database_url(target):
+    """Whether `target` names a database by URL (any `scheme://`) rather than a SQLite file."""
+    return "://" in os.fspath(target)
+
+
+def check_url(url, what="DATABASE_URL"):
+    """Refuse a database URL of any scheme but PostgreSQL's, naming the accepted ones."""
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in POSTGRES_SCHEMES:
         accepted = " or ".join(f"{name}://" for name in POSTGRES_SCHEMES)
+        advice = ("unset it to keep the books in the SQLite file at DATABASE_PATH" if what == "DATABASE_URL"
+                  else "or give a SQLite file's path")
         raise StartupError(
-            f"DATABASE_URL must be a PostgreSQL URL ({accepted}...), not {scheme + '://' if scheme else repr(url[:20])}; "
-            "unset it to keep the books in the SQLite file at DATABASE_PATH"
+            f"{what} must be a PostgreSQL URL ({accepted}...), not {scheme + '://' if scheme else repr(url[:20])}; {advice}"
         )
 
 
 def open_store(target, synchronous="FULL", create=True, replicated=False):
     """Open the books at `target`: a PostgreSQL URL, or else a SQLite file path (`replicated`:
-    Litestream copies its WAL off the machine)."""
-    if urllib.parse.urlsplit(os.fspath(target)).scheme.lower() in POSTGRES_SCHEMES:
+    Litestream copies its WAL off the machine). A URL of another scheme is refused, never
+    taken for a file name."""
+    if is_database_url(target):
+        check_url(os.fspath(target), what="a database URL")
         from postgres import PostgresStore  # psycopg is loaded only for PostgreSQL
 
-        return PostgresStore(target, create=create)
+        return PostgresStore(target)
     return SQLiteStore(target, synchronous, create=create, writers_queue=True, replicated=replicated)
 
 
@@ -520,8 +556,13 @@ def get_db():
     if store is not None:
         return store
     state = current_app.extensions["wallet_db"]
-    state["lock"].acquire()
+    if time.monotonic() < state["retry_at"]:
+        raise DatabaseUnavailable(state["last_error"], away=False)
+    if not state["lock"].acquire(timeout=QUEUE_TIMEOUT_S):
+        raise DatabaseUnavailable(f"waited {QUEUE_TIMEOUT_S} s for this worker's connection to {state['label']}")
     try:
+        if time.monotonic() < state["retry_at"]:  # it failed the request this one waited behind
+            raise DatabaseUnavailable(state["last_error"], away=False)
         store = state["store"]
         if store is None or state["pid"] != os.getpid() or not store.usable():
             store = _open(current_app, state)
@@ -572,6 +613,9 @@ def outage(app, error):
     """Log that the database is away, once per outage (not once per request); a command
     says so itself, as its error."""
     state = app.extensions["wallet_db"]
+    if error.away:
+        state["retry_at"] = time.monotonic() + RETRY_AFTER_S
+        state["last_error"] = f"{error} (a moment ago; tried again after {RETRY_AFTER_S} s)"
     if state["outage_since"] is None and state["create"]:
         state["outage_since"] = time.monotonic()
         app.logger.error("database unavailable (%s): answering 503 until it is back: %s", state["label"], error)
@@ -656,7 +700,8 @@ def init_app(app, create=True):
         label = f"SQLite file {os.path.abspath(app.config['DATABASE_PATH'])}"
     app.extensions["wallet_db"] = {
         "lock": threading.RLock(), "store": None, "pid": None, "create": create,
-        "prepared": False, "label": label, "outage_since": None,
+        "prepared": False, "label": label, "outage_since": None, "retry_at": 0.0,
+        "last_error": None,
     }
     app.teardown_appcontext(release_db)
     app.cli.add_command(init_db_command)

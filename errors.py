@@ -60,9 +60,13 @@ def register(app):
     @app.errorhandler(db.DatabaseUnavailable)
     def handle_database_unavailable(exc):
         db.unavailable(exc)  # logged once per outage
-        response = error_response(503, "database_unavailable",
-                                  "The database is unavailable; nothing was changed. Retry shortly.")
-        response.headers["Retry-After"] = "1"
+        # Nothing was changed, unless the connection dropped while committing, when nobody can
+        # know: either way the same request again (same callback, same reference) is safe.
+        response = error_response(
+            503, "database_unavailable",
+            "The database is unavailable. Retry the same request shortly: if it was applied before the "
+            "database went away, the retry answers as the first time and moves nothing twice.")
+        response.headers["Retry-After"] = str(db.RETRY_AFTER_S)
         return response
 
     @app.errorhandler(HTTPException)

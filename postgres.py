@@ -18,8 +18,9 @@ import os
 # psycopg waits for the server in C, unless it finds gevent's patched select (the Procfile's
 # workers): then it waits in Python so that other greenlets run meanwhile, which cost 0.5 ms of
 # a worker's CPU per callback, measured. One request at a time uses a worker's connection
-# anyway (db.get_db), so waiting in C only holds the worker's other connections still for the
-# length of a round trip. (The variable must be set before psycopg is imported.)
+# anyway (db.get_db), so waiting in C holds the worker's other connections still for the length
+# of a round trip, and at worst for the timeouts below (5 s for a statement, about 10 s for a
+# peer that vanished), within gunicorn's 30 s. (Set before psycopg is imported.)
 os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_c")
 
 import psycopg  # noqa: E402
@@ -119,7 +120,7 @@ def _one_line(error):
 class PostgresStore(db.Store):
     engine = "postgresql"
 
-    def __init__(self, url, create=True):
+    def __init__(self, url):
         super().__init__()
         self.label = describe(url)
         given = conninfo_to_dict(url)
@@ -132,6 +133,7 @@ class PostgresStore(db.Store):
                 f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}"
             )
         except UNAVAILABLE as error:
+            self.discard()
             raise self._unavailable(error) from None
         # Every statement runs on this one cursor: a cursor made per statement cost a fifth of
         # a statement's CPU, measured (so a statement's rows are read before the next one).
@@ -148,7 +150,10 @@ class PostgresStore(db.Store):
 
     def _unavailable(self, error):
         self.forget_cached()
-        return db.DatabaseUnavailable(f"PostgreSQL: {_one_line(error)}")
+        # A statement past its timeout (a lock held long by another transaction) is that
+        # statement's; the database itself answered.
+        away = not isinstance(error, psycopg.errors.QueryCanceled)
+        return db.DatabaseUnavailable(f"PostgreSQL: {_one_line(error)}", away=away)
 
     def execute(self, sql, params=()):
         statement = _statements.get(sql)
@@ -168,9 +173,13 @@ class PostgresStore(db.Store):
             raise self._unavailable(error) from None
 
     def stream(self, sql, params=()):
-        """A server-side cursor inside a transaction or snapshot (rows fetched in batches)."""
+        """A server-side cursor inside a transaction or snapshot (rows fetched in batches);
+        outside one, a cursor of its own (not the one every other statement runs on)."""
         if not self.in_transaction():
-            return self.execute(sql, params)
+            try:
+                return self.conn.execute(_Statement(sql).text, params)
+            except UNAVAILABLE as error:
+                raise self._unavailable(error) from None
         return self._stream(sql, params)
 
     def _stream(self, sql, params):
@@ -204,7 +213,10 @@ class PostgresStore(db.Store):
 
     @contextlib.contextmanager
     def snapshot(self):
+        """REPEATABLE READ, READ ONLY; no statement timeout: a reconciliation or a copy reads
+        the whole books, however long they have grown (it takes no lock a writer waits for)."""
         self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        self.execute("SET LOCAL statement_timeout = 0")
         try:
             yield self
         finally:

@@ -6,7 +6,9 @@ stop the server or change its authentication run on a PostgreSQL server of their
 """
 
 import collections
+import contextlib
 import itertools
+import socket
 import subprocess
 import threading
 import time
@@ -14,12 +16,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from conftest import (
+    CALLBACK_TOKEN,
+    FINISH,
+    START,
+    Wallet,
+    body,
+    books,
+    execute,
+    query,
+    start_postgres,
+    store_settings,
+)
+from live import Gunicorn, flask_cli, free_port
 from psycopg.conninfo import conninfo_to_dict
 
 import app as app_module
 import db
-from conftest import FINISH, START, Wallet, body, books, execute, query, start_postgres, store_settings
-from live import Gunicorn, flask_cli, free_port
 
 PASSWORD = "s3cret-wallet"
 
@@ -323,3 +336,60 @@ def test_a_statement_held_past_its_timeout_is_a_503_and_the_outage_ends_in_the_l
     messages = [record.getMessage() for record in caplog.records]
     assert sum("database unavailable" in message for message in messages) == 1, messages
     assert any("database available again" in message for message in messages), messages
+
+
+def test_wallet_copy_refuses_a_url_of_another_scheme_and_creates_nothing(app_on, tmp_path, monkeypatch):
+    source = play(app_on, tmp_path / "books.db")
+    monkeypatch.chdir(tmp_path)
+    result = copied(source, "postgress://wallet:s3cret@db.example.com/wallet")
+    assert result.exit_code == 1, result.output
+    assert "must be a PostgreSQL URL (postgresql:// or postgres://...), not postgress://" in result.output
+    assert "s3cret" not in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["books.db", "books.db-shm", "books.db-wal",
+                                                               "books.db-writers"]
+
+
+class Silent:
+    """A TCP listener that accepts connections and never answers: a database host that has
+    gone quiet (a partition, a failover under way), not one that refuses. Counts what came."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+
+    def close(self):
+        self.sock.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+def test_callbacks_waiting_on_a_database_gone_quiet_all_get_their_503_within_seconds(app_on, tmp_path):
+    """Eight callbacks at once while the database host accepts and never answers: each gets the
+    JSON 503 in seconds, not one after another's timeout; /healthz says 503 too."""
+    silent = Silent()
+    try:
+        app = app_on(tmp_path / "quiet.db")  # built on SQLite; then pointed at the quiet host
+        app.config["DATABASE_URL"] = f"postgresql://wallet:pw@127.0.0.1:{silent.port}/wallet?connect_timeout=2"
+        db.close_all(app)
+        client = app.test_client()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda n: client.post("/callback/" + CALLBACK_TOKEN, json=body(START, **{
+                "game.id": f"quiet-{n}"})), range(8)))
+        assert [answer.status_code for answer in answers] == [503] * 8
+        assert all(answer.json["error"] == "database_unavailable" for answer in answers)
+        assert answers[0].headers["Retry-After"] == "1"
+        # One of them tried the database and waited out its timeout; the seven queued behind it
+        # were answered at once instead of each trying in turn (2 s apiece).
+        assert len(silent.accepted) == 1, len(silent.accepted)
+        assert client.get("/healthz").status_code == 503
+    finally:
+        silent.close()
