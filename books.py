@@ -245,7 +245,7 @@ def _reconcile(db):
         "wallets": wallets,
         "games": dict(sorted(games_by_status.items())),
         "totals": {
-            currency: {label: to_text(amount, currency) for label, amount in sums.items()}
+            currency: {label: to_text(amount, currency, db) for label, amount in sums.items()}
             for currency, sums in sorted(totals.items())
         },
         "discrepancies": problems,

@@ -288,12 +288,12 @@ def copy(target):
     and the target reconciled. Exit 3 if anything differs.
     """
     source = db.get_db()
-    if not _is_url(target) and os.path.exists(target):
+    if not db.is_database_url(target) and os.path.exists(target):
         raise click.ClickException(f"{target} exists; copy into a new SQLite file or an empty PostgreSQL database")
     try:
         destination = db.open_store(target)
     except db.DatabaseUnavailable as exc:
-        raise click.ClickException(f"cannot reach {target if not _is_url(target) else 'the target'}: {exc}") from None
+        raise click.ClickException(f"cannot reach {target if not db.is_database_url(target) else 'the target'}: {exc}") from None
     try:
         with source.snapshot():
             copied = db.copy_books(source, destination, _progress("copying"))
@@ -308,10 +308,6 @@ def copy(target):
         click.echo(f"the copy differs from its source: {problems} problem(s)")
         raise SystemExit(EXIT_PROBLEM)
     click.echo(f"copied and checked: {destination.label} holds the same books and they balance")
-
-
-def _is_url(text):
-    return "://" in text
 
 
 def _print_copy(source, destination, copied, expected, found, report):

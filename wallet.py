@@ -53,14 +53,14 @@ def parse_currency_decimals(text):
     return decimals
 
 
-def currency_decimals(currency):
+def currency_decimals(currency, db=None):
     """Return a currency's decimals: as fixed in the database at its first deposit, else
     CURRENCY_DECIMALS, else 8. Balances are stored in minor units, so once a currency holds
     money its decimals never change (a CLI run without the server's environment included).
     Because they never change, a connection remembers them once read: a callback needs them
     several times (rounding, checking, formatting) and need not ask the database each time.
     """
-    db = get_db()
+    db = db or get_db()  # the request's, or the store a caller reads (a copy's target)
     fixed = db.fixed_decimals
     if currency not in fixed:
         row = db.execute("SELECT decimals FROM currencies WHERE currency = ?", [currency]).fetchone()
@@ -87,9 +87,9 @@ def to_minor(amount, currency):
     return int(scaled.to_integral_value(rounding=decimal.ROUND_HALF_EVEN, context=EXACT))
 
 
-def to_text(minor, currency):
+def to_text(minor, currency, db=None):
     """Format integer minor units as a decimal string with the currency's decimals."""
-    return format(decimal.Decimal(minor).scaleb(-currency_decimals(currency), context=EXACT), "f")
+    return format(decimal.Decimal(minor).scaleb(-currency_decimals(currency, db), context=EXACT), "f")
 
 
 def win_credit(bet_minor, payout):

@@ -154,7 +154,7 @@ def new_postgres_database(postgres_server):
 
 def store_settings(target):
     """The configuration that puts an app's books at `target` (a URL or a file path)."""
-    return {"DATABASE_URL": target} if "://" in target else {"DATABASE_PATH": target}
+    return {"DATABASE_URL": target} if db.is_database_url(target) else {"DATABASE_PATH": target}
 
 
 @pytest.fixture

@@ -247,7 +247,7 @@ for target, gate in zip(targets, gates):
     os.write(ready, b".")
     os.read(gate, 1)
     try:
-        store = {"DATABASE_URL": target} if "://" in target else {"DATABASE_PATH": target}
+        store = {"DATABASE_URL": target} if db.is_database_url(target) else {"DATABASE_PATH": target}
         made = app_module.create_app({**store, "CALLBACK_TOKEN": "x",
             "ADMIN_TOKEN": "y", "CURRENCY_DECIMALS": "USD=2", "LOG_LEVEL": "WARNING"})
         with made.app_context():
