@@ -117,9 +117,9 @@ def test_a_win_whose_animation_is_over_is_not_pending(wallet):
 def test_a_pending_win_leaves_pending_once_its_delay_runs_out(wallet):
     wallet.deposit("10.00")
     wallet.start(bet=1)
-    wallet.finish(payout=2, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 200})
+    wallet.finish(payout=2, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 1500})
     assert wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json["pending"]
-    time.sleep(0.25)
+    time.sleep(1.6)
     view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
     assert view["pending"] == [] and view["display_balance"] == view["balance"] == "11.00"
 

@@ -1,7 +1,6 @@
 """Bad input of any kind: a clear JSON 4xx, nothing moved, and (for callbacks) kept in the audit."""
 
 import json
-import time
 
 import pytest
 
@@ -147,20 +146,10 @@ def base36(number):
             return digits
 
 
-def cpu_seconds(send, repeat=5):
-    """The least CPU time (this process: the test client runs the app in it) of a few sends."""
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.process_time()
-        send()
-        best = min(best, time.process_time() - started)
-    return best
-
-
-def test_a_duplicate_among_thousands_of_keys_costs_about_a_normal_callback(wallet):
-    """7,300 keys, one of them twice, in 57 KB: refused naming the key, at the CPU cost of a
-    normal callback. Measured: about 4x a normal start; counting every key against every
-    other (as this once did) cost about 650x. 25x leaves room for a noisy machine either way."""
+def test_a_duplicate_among_thousands_of_keys_is_refused_naming_it(wallet):
+    """7,300 keys, one of them twice, in 57 KB: refused naming the key, nothing moved. (The check
+    is one pass over the keys: measured, about 4x the CPU of a normal start, where counting every
+    key against every other, as it once did, cost about 650x. Timing is the benchmark's job.)"""
     wallet.deposit("1000.00")
     raw = with_keys(7300)
     assert len(raw) < 64 * 1024
@@ -168,10 +157,6 @@ def test_a_duplicate_among_thousands_of_keys_costs_about_a_normal_callback(walle
     response = wallet.callback(raw)
     assert response.status_code == 400 and response.json["message"].endswith("duplicate key(s) '0'")
     assert wallet.books() == before
-    games = iter(range(100))
-    normal = cpu_seconds(lambda: wallet.start(game_id=f"normal-{next(games)}"))
-    duplicate = cpu_seconds(lambda: wallet.callback(raw))
-    assert duplicate < 25 * normal, (duplicate, normal)
 
 
 def test_a_body_repeating_thousands_of_keys_names_a_few(wallet):
