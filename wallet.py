@@ -6,6 +6,7 @@ rules know nothing of the engine underneath.
 """
 
 import dataclasses
+import functools
 import datetime
 import decimal
 import json
@@ -14,8 +15,7 @@ import time
 from flask import current_app
 from marshmallow import ValidationError
 
-from db import get_db
-from db import StartupError
+from db import StartupError, get_db
 from errors import ApiError, error_body
 from schemas import CURRENCY, MAX_DELAY_MS
 
@@ -173,6 +173,11 @@ class Outcome:
     outcome: str  # accepted | declined | duplicate | conflict | invalid | ignored
     reason: str
 
+    @functools.cached_property
+    def text(self):
+        """The answer's JSON, made once: the bytes sent and what the audit keeps."""
+        return json.dumps(self.body, separators=(",", ":"))
+
 
 def _conflict(reason):
     return Outcome(409, error_body("conflict", reason), "conflict", reason)
@@ -317,7 +322,7 @@ def _insert_audit(db, audit, result, response_text=None):
             result.outcome,
             result.reason,
             result.status,
-            response_text if response_text is not None else json.dumps(result.body),
+            response_text if response_text is not None else result.text,
             audit.get("body"),
             (time.perf_counter() - audit["started"]) * 1000,
         ],

@@ -153,12 +153,16 @@ def test_other_callback_types_are_answered_and_kept_for_review(wallet):
 
 def test_every_callback_is_audited_with_its_answer(wallet):
     wallet.deposit("1.00")
-    wallet.start(game_id="a", bet=1)  # accepted
-    wallet.start(game_id="b", bet=1)  # declined
-    wallet.start(game_id="a", bet=1)  # duplicate
-    wallet.start(game_id="a", bet=2)  # conflict
-    wallet.callback(b'{"type": "start"')  # invalid
+    answers = [
+        wallet.start(game_id="a", bet=1),  # accepted
+        wallet.start(game_id="b", bet=1),  # declined
+        wallet.start(game_id="a", bet=1),  # duplicate
+        wallet.start(game_id="a", bet=2),  # conflict
+        wallet.callback(b'{"type": "start"'),  # invalid
+    ]
     rows = wallet.audit()
+    assert [row["response"].rstrip("\n") for row in rows] == [answer.get_data(as_text=True).rstrip("\n")
+                                                             for answer in answers]  # the bytes answered
     assert [row["outcome"] for row in rows] == ["accepted", "declined", "duplicate", "conflict", "invalid"]
     assert [row["status_code"] for row in rows] == [200, 200, 200, 409, 400]
     assert json.loads(rows[1]["response"]) == {"result": False}
