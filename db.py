@@ -12,7 +12,6 @@ retries, and idempotency settles the retry).
 
 import contextlib
 import fcntl
-import logging
 import os
 import sqlite3
 import threading
@@ -39,7 +38,6 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 # measured. 10,000 pages (40 MiB) still bounds the WAL while Litestream is not running.
 REPLICATED_AUTOCHECKPOINT_PAGES = 10_000
 
-log = logging.getLogger("wallet.db")
 
 
 class DatabaseUnavailable(Exception):
@@ -184,7 +182,6 @@ class Store:
     snapshot(): a read-only block in which every read sees one consistent state.
     """
 
-    engine = None
     label = None  # where the books are, for logs and messages (never a password)
 
     def __init__(self):
@@ -274,8 +271,6 @@ class SQLiteStore(Store):
 
     The callback path runs on the sqlite3 connection itself; sqlite-utils creates the schema.
     """
-
-    engine = "sqlite"
 
     def __init__(self, path, synchronous="FULL", create=True, writers_queue=False, replicated=False):
         super().__init__()

@@ -118,8 +118,6 @@ def _one_line(error):
 
 
 class PostgresStore(db.Store):
-    engine = "postgresql"
-
     def __init__(self, url):
         super().__init__()
         self.label = describe(url)

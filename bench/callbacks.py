@@ -1393,7 +1393,7 @@ def main():
                              "synchronous_commit=on, NORMAL/OFF synchronous_commit=off")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         help="LOG_LEVEL of the project and the reference; INFO (the service's default) writes "
-                             "one log line per callback, WARNING none (the README's first rows were taken so)")
+                             "one log line per callback, WARNING none (the README's rows are at INFO)")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="load-generator processes; the connections are threads spread over them")
     parser.add_argument("--players", type=int, default=16, help="funded players the clients bet for")
