@@ -22,7 +22,10 @@ import urllib.parse
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from marshmallow import ValidationError
 
+import errors
+import schemas
 from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Pairs, Raw, Wallet, body, dumps, query
 
 SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
@@ -261,6 +264,36 @@ def test_mutated_callbacks_never_5xx_and_keep_the_books(seeded, template):
         payload = mutate(base, changes)
         before, audited = seeded.books(), audit_count(seeded)
         check_callback(seeded, seeded.callback(dumps(payload).encode()), before, audited)
+
+    check()
+
+
+def test_callbacks_load_alike_on_the_hot_path_and_through_schema_load():
+    """schemas._load_valid (the loop that loads plainly valid callbacks) returns only what
+    Schema.load returns for the same body, and never accepts a body Schema.load refuses."""
+
+    one_leaf = st.tuples(st.sampled_from(FIELDS), st.one_of(LEAVES, ODD_STRINGS, *map(st.sampled_from, PLAUSIBLE.values())))
+
+    @settings(max_examples=800, deadline=None, suppress_health_check=SLOW_IS_FINE)
+    @given(st.sampled_from([START, FINISH]), st.one_of(mutations(), one_leaf.map(lambda change: [change])))
+    def check(template, changes):
+        try:
+            payload = schemas.parse_json(dumps(mutate(template, changes)).encode())
+        except errors.ApiError:
+            return  # not JSON the service parses
+        if not isinstance(payload, dict):
+            return
+        schema = schemas.callback_schema if payload.get("type") in schemas.HANDLED_TYPES else schemas.envelope_schema
+        try:
+            expected = schema.load(payload)
+        except ValidationError:
+            expected = None
+        try:
+            loaded = schemas._load_valid(schema, payload)
+        except (schemas._NotPlain, ValidationError):
+            return  # left to Schema.load
+        assert expected is not None, payload
+        assert loaded == expected, payload
 
     check()
 
