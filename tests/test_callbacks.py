@@ -1,6 +1,7 @@
 """Settlement of start/finish callbacks: what is debited, credited, answered and kept."""
 
 import json
+import re
 
 import pytest
 
@@ -237,10 +238,20 @@ def test_the_provider_examples_settle(wallet):
     assert wallet.balance() == "11.50"
 
 
-def test_callback_is_logged_in_one_line(wallet, caplog):
+def test_callback_is_logged_in_one_line(wallet, capsys):
     wallet.deposit("10.00")
-    with caplog.at_level("INFO"):
-        wallet.start(game_id="logged")
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("callback ")]
-    assert len(lines) == 1
-    assert "type=start game=logged player=player-42 outcome=accepted" in lines[0] and "ms=" in lines[0]
+    capsys.readouterr()
+    wallet.start(game_id="logged")
+    lines = capsys.readouterr().err.splitlines()  # the test client's wsgi.errors is sys.stderr
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] INFO in callbacks: callback token=1 "
+                        r"type=start game=logged player=player-42 outcome=accepted status=200 ms=\d+\.\d", lines[0]), lines
+
+
+def test_log_level_warning_drops_the_callback_lines(make_app, capsys):
+    app = make_app(LOG_LEVEL="WARNING")
+    wallet = Wallet(app.test_client(), app)
+    wallet.deposit("10.00")
+    capsys.readouterr()
+    assert wallet.start(game_id="quiet").json == {"result": True}
+    assert capsys.readouterr().err == ""
