@@ -9,7 +9,7 @@ import decimal
 import itertools
 import json
 
-from db import TABLES
+from db import COMMON, TABLES, uncommon
 from errors import ApiError
 from schemas import storable
 from wallet import game_view, iso, to_text, win_credit
@@ -123,6 +123,8 @@ def list_callbacks(db, outcome=None, type=None, game_id=None, limit=50, cursor=N
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
+            if value not in COMMON.get(column, (value,)):
+                where.append(uncommon(column))  # so that its partial index is used (db.py)
     if cursor is not None:
         where.append("id < ?")
         params.append(decode_cursor(cursor, (int,))[0])

@@ -249,25 +249,24 @@ class PostgresStore(db.Store):
         tables = set(self.table_names())
         indexes = {row[0] for row in self.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
         return ([name for name in db.TABLES if name not in tables],
-                [index for index in db.INDEXES if db.index_name(*index[:2]) not in indexes])
+                [index for index in db.INDEXES if db.index_name(*index[:2], index[3]) not in indexes],
+                [name for name in db.REPLACED_INDEXES if name in indexes])
 
     def create_schema(self):
-        """Create what is missing, under an advisory lock so instances booting together take
-        turns; when nothing is missing no DDL runs at all, so an instance starting beside an
+        """Create what is missing (and drop db.REPLACED_INDEXES), under an advisory lock so
+        instances booting together take turns; when nothing is missing no DDL runs at all, so an instance starting beside an
         older one that is serving takes no lock on its tables."""
-        tables, indexes = self._missing()
-        if not tables and not indexes:
+        if not any(self._missing()):
             return
         with self.transaction():
             self.execute("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK])
-            tables, indexes = self._missing()  # another instance may have made them meanwhile
+            tables, indexes, replaced = self._missing()  # another instance may have made them meanwhile
             for name in tables:
                 self.execute(_table_ddl(name, db.TABLES[name]))
-            for table, columns, unique in indexes:
-                self.execute(
-                    f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {db.index_name(table, columns)} "
-                    f"ON {table} ({', '.join(columns)})"
-                )
+            for name in replaced:
+                self.execute(f"DROP INDEX IF EXISTS {name}")
+            for index in indexes:
+                self.execute(db.index_ddl(*index))
 
     def after_bulk_load(self):
         for name, table in db.TABLES.items():

@@ -15,7 +15,7 @@ import time
 from flask import current_app
 from marshmallow import ValidationError
 
-from db import StartupError, get_db
+from db import CREDITED, StartupError, get_db
 from errors import ApiError, error_body
 from schemas import CURRENCY, MAX_DELAY_MS
 
@@ -487,7 +487,7 @@ def wallet_view(db, player_id, currency, now=None):
         return None
     rows = db.execute(
         "SELECT game_id, credit, balance_update_delay, finish_time, settled_at FROM games "
-        "WHERE wallet_id = ? AND settled_at >= ? AND credit > 0 ORDER BY settled_at, game_id",
+        f"WHERE wallet_id = ? AND settled_at >= ? AND {CREDITED} ORDER BY settled_at, game_id",  # a partial index
         [wallet[0], now - MAX_DELAY_MS],
     ).fetchall()
     waits = [(game_id, credit, show_in_ms(delay, sent, received, now)) for game_id, credit, delay, sent, received in rows]
