@@ -123,7 +123,7 @@ def list_callbacks(db, outcome=None, type=None, game_id=None, limit=50, cursor=N
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
-            if value not in COMMON.get(column, (value,)):
+            if column in COMMON and value not in COMMON[column]:
                 where.append(uncommon(column))  # so that its partial index is used (db.py)
     if cursor is not None:
         where.append("id < ?")

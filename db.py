@@ -157,7 +157,8 @@ COMMON = {"outcome": ("accepted",), "type": ("start", "finish")}  # the audit's 
 
 def uncommon(column):
     """The condition of an audit column's partial index: none of its everyday values."""
-    return f"{column} NOT IN ({', '.join(repr(value) for value in COMMON[column])})"
+    values = ", ".join(f"'{value}'" for value in COMMON[column])
+    return f"{column} NOT IN ({values})"
 
 
 CREDITED = "credit > 0"

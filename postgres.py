@@ -254,8 +254,8 @@ class PostgresStore(db.Store):
 
     def create_schema(self):
         """Create what is missing (and drop db.REPLACED_INDEXES), under an advisory lock so
-        instances booting together take turns; when nothing is missing no DDL runs at all, so an instance starting beside an
-        older one that is serving takes no lock on its tables."""
+        instances booting together take turns; when nothing is missing no DDL runs at all, so
+        an instance starting beside an older one that is serving takes no lock on its tables."""
         if not any(self._missing()):
             return
         with self.transaction():
