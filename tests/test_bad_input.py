@@ -73,6 +73,13 @@ INVALID = [
     ("time far future", {"time": 10**15}),
     ("data not an object", {"data": [1]}),
     ("allBetAmount negative", {"data.allBetAmount": -3}),
+    # Undocumented keys are kept, but not under the names fields are loaded as: each would
+    # replace a checked value with an unchecked one (another player, a number as the delay...).
+    ("player_id beside playerId", {"session.player_id": "player-7"}),
+    ("game_name beside gameId", {"session.game_name": 5}),
+    ("all_bet_amount beside allBetAmount", {"data.all_bet_amount": -3}),
+    ("balance_update_delay beside balanceUpdateDelay", {"data.balance_update_delay": "soon"}),
+    ("round_data beside roundData", {"round_data": {"x": 1}}),
 ]
 
 INVALID_FINISH = [
@@ -121,6 +128,15 @@ def test_invalid_finishes_are_refused_and_move_nothing(wallet, name, changes):
     assert response.status_code == 400, response.json
     assert response.json["error"] == "validation_error"
     assert wallet.books() == before
+
+
+def test_a_field_under_the_name_it_is_loaded_as_is_refused_naming_where_it_goes(wallet):
+    before = funded_with_open_game(wallet)
+    response = wallet.callback(body(START, **{"game.id": "g-2", "session.player_id": "player-7"}))
+    assert response.status_code == 400
+    assert response.json["fields"] == {"session": {"player_id": ["Unknown field: this value is sent as 'playerId'."]}}
+    assert wallet.books() == before
+    assert wallet.callback(body(START, **{"game.id": "g-2", "session.note": "kept"})).json == {"result": True}
 
 
 def test_the_error_names_the_field(wallet):

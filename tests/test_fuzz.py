@@ -102,6 +102,8 @@ FIELDS = [
     "session.extra", "game", "game.id", "game.status", "game.bet", "game.payout", "game.profit",
     "game.round", "game.extra", "data", "data.bet", "data.allBetAmount", "data.balanceUpdateDelay",
     "roundData", "time", "extra",
+    # names fields are loaded as, refused where sent (schemas._Open)
+    "session.player_id", "data.balance_update_delay", "round_data",
 ]
 PLAUSIBLE = {
     "type": ["start", "finish", "rollback", "Start"],
