@@ -25,7 +25,6 @@ os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_c")
 
 import psycopg  # noqa: E402
 import psycopg.errors  # noqa: E402
-import psycopg.sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict  # noqa: E402
 
 import db  # noqa: E402
@@ -44,7 +43,6 @@ CONNECT_DEFAULTS = {
 }
 STATEMENT_TIMEOUT_MS = 5_000  # also bounds waiting for a lock
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000  # a worker that died mid-transaction frees its locks
-LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"  # see PostgresStore.lock
 SCHEMA_LOCK = 0x77A11E7  # advisory lock key held while creating the schema
 TYPES = {int: "BIGINT", str: 'TEXT COLLATE "C"', bytes: "BYTEA", float: "DOUBLE PRECISION"}
 # Errors that mean the database is away (refused, dropped, timed out, shut down, failed over
@@ -113,7 +111,6 @@ class _Statement:
 
 
 _statements = {}
-_BEGIN, _BEGIN_WITH = _Statement("BEGIN"), _Statement("BEGIN; ...")  # see _send_begin
 
 
 def _one_line(error):
@@ -139,7 +136,6 @@ class PostgresStore(db.Store):
         # Every statement runs on this one cursor: a cursor made per statement cost a fifth of
         # a statement's CPU, measured (so a statement's rows are read before the next one).
         self._statement = None
-        self._begin = False  # a transaction() whose BEGIN goes with its first statement
         self._cursor = self.conn.cursor(row_factory=self._rows)
         self._cursors = itertools.count()
 
@@ -161,27 +157,13 @@ class PostgresStore(db.Store):
         statement = _statements.get(sql)
         if statement is None:
             statement = _statements[sql] = _Statement(sql)
-        if self._begin:
-            self._send_begin()
-        self._statement = statement  # for _rows
+        self._statement = statement
         try:
             return self._cursor.execute(statement.text, params)
         except UNAVAILABLE as error:
             raise self._unavailable(error) from None
 
-    def _send_begin(self, then=None):
-        """Begin the transaction() now, in one round trip with `then`: a statement holding no
-        parameters (several statements go in one only without them)."""
-        self._begin = False
-        self._statement = _BEGIN_WITH if then else _BEGIN
-        try:
-            self._cursor.execute(f"BEGIN; {then}" if then else "BEGIN")
-        except UNAVAILABLE as error:
-            raise self._unavailable(error) from None
-
     def executemany(self, sql, rows):
-        if self._begin:
-            self._send_begin()
         try:
             with self.conn.cursor() as cursor:
                 cursor.executemany(_Statement(sql).text, rows)
@@ -191,8 +173,6 @@ class PostgresStore(db.Store):
     def stream(self, sql, params=()):
         """A server-side cursor inside a transaction or snapshot (rows fetched in batches);
         outside one, a cursor of its own (not the one every other statement runs on)."""
-        if self._begin:
-            self._send_begin()
         if not self.in_transaction():
             try:
                 return self.conn.execute(_Statement(sql).text, params)
@@ -216,31 +196,18 @@ class PostgresStore(db.Store):
 
         (Not in psycopg's pipeline mode: it saves round trips, but waiting in C it polls the
         socket until the answer comes, 0.3 ms of a worker's CPU per callback, measured.)
-
-        BEGIN is sent with the block's first statement: with its lock(), in one round trip.
         """
-        self._begin = True
+        self.execute("BEGIN")
         try:
             yield self
-            if self._begin:  # the block ran no statement: nothing to commit
-                self._begin = False
-            else:
-                self.execute("COMMIT")  # a dropped connection here: outcome unknown, answered 503
+            self.execute("COMMIT")  # a dropped connection here: outcome unknown, answered 503
         except BaseException:
             self.rollback()
             raise
 
     def lock(self, kind, key):
-        """Hold an advisory lock on (kind, key) until the transaction ends.
-
-        As a transaction's first statement it goes with the BEGIN, in one round trip: a round
-        trip cost a worker about 0.03 ms of CPU per callback, measured (issue 13). The key is
-        then written into the statement as a literal, quoted by psycopg for this connection."""
-        if not self._begin:
-            self.execute(LOCK, [f"{kind}:{key}"])
-            return
-        literal = psycopg.sql.Literal(f"{kind}:{key}").as_string(self.conn)
-        self._send_begin(LOCK.replace("?", literal))
+        """Hold an advisory lock on (kind, key) until the transaction ends."""
+        self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [f"{kind}:{key}"])
 
     @contextlib.contextmanager
     def snapshot(self):
@@ -258,7 +225,6 @@ class PostgresStore(db.Store):
 
     def rollback(self):
         self.forget_cached()
-        self._begin = False
         if self.usable() and self.in_transaction():
             try:
                 self.conn.execute("ROLLBACK")
