@@ -113,7 +113,8 @@ def audit_and_log(response):
         else:
             result = wallet.Outcome(response.status_code, {}, outcome, answer.get("message") or response.status)
             try:
-                wallet.record_callback(get_db(), audit, result, response.get_data(as_text=True))
+                text = response.get_data(as_text=True).removesuffix("\n")  # kept as a settled answer is
+                wallet.record_callback(get_db(), audit, result, text)
             except DatabaseUnavailable as exc:  # went away between the answer and its audit
                 db.unavailable(exc)
     started = state.get("started")

@@ -162,8 +162,8 @@ def test_every_callback_is_audited_with_its_answer(wallet):
         wallet.callback(b'{"type": "start"'),  # invalid
     ]
     rows = wallet.audit()
-    assert [row["response"].rstrip("\n") for row in rows] == [answer.get_data(as_text=True).rstrip("\n")
-                                                             for answer in answers]  # the bytes answered
+    # the bytes answered, each kept without the line's end
+    assert [row["response"] + "\n" for row in rows] == [answer.get_data(as_text=True) for answer in answers]
     assert [row["outcome"] for row in rows] == ["accepted", "declined", "duplicate", "conflict", "invalid"]
     assert [row["status_code"] for row in rows] == [200, 200, 200, 409, 400]
     assert json.loads(rows[1]["response"]) == {"result": False}
