@@ -434,14 +434,20 @@ def _load_valid(schema, data):
 
 def _check_plain(schema):
     """Refuse (at import) a schema that uses what `_load_valid` does not do as Schema.load."""
+    def require(condition, what):
+        if not condition:  # not an assert: those vanish under `python -O`
+            raise TypeError(f"{type(schema).__name__}: {what}, which schemas._load_valid does not do")
+
     used = {tag for tag, hooks in schema._hooks.items() if hooks} - {VALIDATES_SCHEMA}
-    assert not used and not schema.many and not schema.partial, f"{type(schema).__name__}: {used}"
-    assert not any(many for _, many, _ in schema._hooks[VALIDATES_SCHEMA])
+    require(not used, f"hooks {sorted(map(str, used))}")
+    require(not schema.many and not schema.partial, "many or partial")
+    require(not any(many for _, many, _ in schema._hooks[VALIDATES_SCHEMA]), "a validator of many")
     for name, field in schema.load_fields.items():
-        assert field.attribute is None and not field.pre_load and not field.post_load, name
+        require(field.attribute is None and not field.pre_load and not field.post_load,
+                f"{name}: an attribute, pre_load or post_load")
         if isinstance(field, fields.Nested):
-            assert type(field) is fields.Nested and not field.many and not field.validators, name
-            assert field.unknown is None, name
+            require(type(field) is fields.Nested and not field.many and not field.validators
+                    and field.unknown is None, f"{name}: a Nested of its own kind, many, validators or unknown")
             _check_plain(field.schema)
     schema._plain_keys = frozenset(name if f.data_key is None else f.data_key for name, f in schema.load_fields.items())
 
