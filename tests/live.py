@@ -13,6 +13,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import app as app_module
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, store_settings
+from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, body, store_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 20
@@ -305,3 +306,51 @@ class Instances:
     def assert_healthy(self):
         for server in self.servers:
             server.assert_healthy()
+
+
+# --- provider traffic until the server stops answering (the crash and restore drills) --------
+
+BETS = ["0.50", "1", "2.37", "0.35"]
+PAYOUTS = ["2", "1.5", "0.5", "3.3"]  # x 0.35 and 2.37 land on half-cents: half-to-even
+
+
+class Game:
+    """One game a provider client plays: its start, then its finish, each answer kept."""
+
+    def __init__(self, game_id, player, rng):
+        self.id, self.player = game_id, player
+        self.bet = decimal.Decimal(rng.choice(BETS))
+        self.status = rng.choice(["win", "lose"])
+        self.payout = decimal.Decimal(rng.choice(PAYOUTS)) if self.status == "win" else decimal.Decimal(0)
+        self.answers = {}  # "start"/"finish" -> (status, body), or None when sent but unanswered
+        self.answered_at = {}  # "start"/"finish" -> the time its answer arrived
+
+    def payload(self, kind):
+        changes = {"game.id": self.id, "game.bet": float(self.bet), "session.playerId": self.player}
+        if kind == "finish":
+            changes.update({"game.status": self.status, "game.payout": float(self.payout)})
+        return body(START if kind == "start" else FINISH, **changes)
+
+    def bet_minor(self):
+        return int(self.bet * 100)
+
+    def credit_minor(self):
+        return int((self.bet * self.payout).quantize(decimal.Decimal("0.01"), decimal.ROUND_HALF_EVEN) * 100)
+
+
+def play(server, client, prefix="c"):
+    """One provider connection: games one after another until the server stops answering
+    (its first request without an answer ends it); returns the games."""
+    rng = random.Random(client)
+    games = []
+    for n in range(10**6):
+        game = Game(f"{prefix}{client}-g{n}", f"player-{client % 4}", rng)
+        games.append(game)
+        for kind in ("start", "finish"):
+            try:
+                game.answers[kind] = server.callback(game.payload(kind))
+            except (OSError, http.client.HTTPException):
+                game.answers[kind] = None  # sent (or attempted) but never answered
+                return games
+            game.answered_at[kind] = time.time()
+    return games

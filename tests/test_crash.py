@@ -9,57 +9,15 @@ retry of every callback of the run changes nothing already applied; the books re
 
 import collections
 import decimal
-import http.client
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import FINISH, START, audit, body, books, query
+from conftest import audit, books, query
+from live import play
 
 CLIENTS = 12
 TRAFFIC_SECONDS = 1.5
 FUNDS = decimal.Decimal("100000.00")  # enough that no start is declined
-BETS = ["0.50", "1", "2.37", "0.35"]
-PAYOUTS = ["2", "1.5", "0.5", "3.3"]  # x 0.35 and 2.37 land on half-cents: half-to-even
-
-
-class Game:
-    def __init__(self, game_id, player, rng):
-        self.id, self.player = game_id, player
-        self.bet = decimal.Decimal(rng.choice(BETS))
-        self.status = rng.choice(["win", "lose"])
-        self.payout = decimal.Decimal(rng.choice(PAYOUTS)) if self.status == "win" else decimal.Decimal(0)
-        self.answers = {}  # "start"/"finish" -> (status, body), or None when sent but unanswered
-
-    def payload(self, kind):
-        if kind == "start":
-            return body(START, **{"game.id": self.id, "game.bet": float(self.bet), "session.playerId": self.player})
-        return body(FINISH, **{"game.id": self.id, "game.bet": float(self.bet), "session.playerId": self.player,
-                               "game.status": self.status, "game.payout": float(self.payout)})
-
-    def bet_minor(self):
-        return int(self.bet * 100)
-
-    def credit_minor(self):
-        return int((self.bet * self.payout).quantize(decimal.Decimal("0.01"), decimal.ROUND_HALF_EVEN) * 100)
-
-
-def play(server, client):
-    """One provider connection: games one after another until the server stops answering."""
-    rng = random.Random(client)
-    games = []
-    for n in range(10**6):
-        game = Game(f"c{client}-g{n}", f"player-{client % 4}", rng)
-        games.append(game)
-        for kind in ("start", "finish"):
-            try:
-                game.answers[kind] = server.callback(game.payload(kind))
-            except (OSError, http.client.HTTPException):
-                game.answers[kind] = None  # sent (or attempted) but never answered
-                return games
-    return games
-
-
 def ledger_rows(database):
     return query(database, "SELECT id, wallet_id, amount, kind, game_id FROM ledger")
 

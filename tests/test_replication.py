@@ -12,10 +12,8 @@ the configurations that are refused.
 import collections
 import datetime
 import decimal
-import http.client
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
@@ -27,7 +25,8 @@ from pathlib import Path
 import pytest
 
 import db
-from conftest import FINISH, START, audit, body, books
+from conftest import audit, books
+from live import play
 
 CLIENTS = 8
 FUNDS = decimal.Decimal("100000.00")
@@ -99,37 +98,6 @@ def cli(make_app, database, *args, **config):
 # --- the restore drill ---------------------------------------------------------------------------
 
 
-class Game:
-    def __init__(self, game_id, player, rng):
-        self.id, self.player = game_id, player
-        self.bet = decimal.Decimal(rng.choice(["0.50", "1", "2.37"]))
-        self.status = rng.choice(["win", "lose"])
-        self.payout = decimal.Decimal(rng.choice(["2", "1.5"])) if self.status == "win" else decimal.Decimal(0)
-        self.answered = {}  # "start"/"finish" -> the time its answer arrived
-
-    def payload(self, kind):
-        changes = {"game.id": self.id, "game.bet": float(self.bet), "session.playerId": self.player}
-        if kind == "finish":
-            changes.update({"game.status": self.status, "game.payout": float(self.payout)})
-        return body(START if kind == "start" else FINISH, **changes)
-
-
-def play(server, client):
-    """One provider connection: games until the server stops answering; each answer's time kept."""
-    rng = random.Random(client)
-    games = []
-    for n in range(10**6):
-        game = Game(f"drill-c{client}-g{n}", f"player-{client % 4}", rng)
-        games.append(game)
-        for kind in ("start", "finish"):
-            try:
-                answer = server.callback(game.payload(kind))
-            except (OSError, http.client.HTTPException):
-                return games
-            assert answer == (200, {"result": True} if kind == "start" else {}), (game.id, kind, answer)
-            game.answered[kind] = time.time()
-
-
 def test_restore_drill(gunicorn, make_app, replica, tmp_path):
     directory, url = replica
     server = gunicorn("drill", workers=2, LITESTREAM_REPLICA_URL=url)
@@ -139,7 +107,7 @@ def test_restore_drill(gunicorn, make_app, replica, tmp_path):
         server.deposit(f"player-{player}", str(FUNDS))
 
     with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        runs = [pool.submit(play, server, client) for client in range(CLIENTS)]
+        runs = [pool.submit(play, server, client, "drill-c") for client in range(CLIENTS)]
         time.sleep(0.5)
         sync = synced_after(server, time.time())  # one sync while the games go on
         time.sleep(0.3)  # more answers that this sync cannot hold
@@ -149,7 +117,10 @@ def test_restore_drill(gunicorn, make_app, replica, tmp_path):
         games = [game for run in runs for game in run.result()]
 
     wait_for(lambda: not running(supervisor) and not running(litestream), "Litestream's death", server)
-    before_sync = [(game, kind) for game in games for kind, at in game.answered.items() if at < sync]
+    for game in games:
+        for kind, answer in game.answers.items():
+            assert answer in (None, (200, {"result": True} if kind == "start" else {})), (game.id, kind, answer)
+    before_sync = [(game, kind) for game in games for kind, at in game.answered_at.items() if at < sync]
     assert len(before_sync) > 100, "too few callbacks answered before the sync to prove anything"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{database}{suffix}").unlink()
