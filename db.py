@@ -184,10 +184,14 @@ def index_name(table, columns, condition=None):
     return f"idx_{table}_{'_'.join(columns)}" + ("_partial" if condition else "")
 
 
-def index_ddl(table, columns, unique, condition):
-    """The CREATE INDEX statement of an INDEXES entry, in the SQL both engines speak."""
-    return (f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {index_name(table, columns, condition)} "
-            f"ON {table} ({', '.join(columns)})" + (f" WHERE {condition}" if condition else ""))
+def index_statements(indexes=INDEXES, replaced=REPLACED_INDEXES):
+    """The DDL that brings indexes up to date, in the SQL both engines speak: drop those
+    `replaced`, create `indexes` (entries of INDEXES) where missing."""
+    return [f"DROP INDEX IF EXISTS {name}" for name in replaced] + [
+        f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {index_name(table, columns, condition)} "
+        f"ON {table} ({', '.join(columns)})" + (f" WHERE {condition}" if condition else "")
+        for table, columns, unique, condition in indexes
+    ]
 
 
 # --- the seam ------------------------------------------------------------------------------
@@ -293,7 +297,8 @@ class Store:
 class SQLiteStore(Store):
     """The embedded default: one file in WAL mode, `BEGIN IMMEDIATE` for every write.
 
-    The callback path runs on the sqlite3 connection itself; sqlite-utils creates the schema.
+    The callback path runs on the sqlite3 connection itself; sqlite-utils creates the tables
+    (the indexes are the DDL both engines share: sqlite-utils makes no partial index).
     """
 
     def __init__(self, path, synchronous="FULL", create=True, writers_queue=False, replicated=False):
@@ -433,13 +438,8 @@ class SQLiteStore(Store):
                     foreign_keys=table.get("foreign_keys"),
                     if_not_exists=True,
                 )
-            for name in REPLACED_INDEXES:
-                self.execute(f"DROP INDEX IF EXISTS {name}")
-            for table, columns, unique, condition in INDEXES:
-                if condition is None:
-                    self.db[table].create_index(columns, unique=unique, if_not_exists=True)
-                else:  # sqlite-utils makes no partial index
-                    self.execute(index_ddl(table, columns, unique, condition))
+            for statement in index_statements():
+                self.execute(statement)
             for name, table in TABLES.items():
                 column = table.get("never_negative")
                 if column:

@@ -263,10 +263,8 @@ class PostgresStore(db.Store):
             tables, indexes, replaced = self._missing()  # another instance may have made them meanwhile
             for name in tables:
                 self.execute(_table_ddl(name, db.TABLES[name]))
-            for name in replaced:
-                self.execute(f"DROP INDEX IF EXISTS {name}")
-            for index in indexes:
-                self.execute(db.index_ddl(*index))
+            for statement in db.index_statements(indexes, replaced):
+                self.execute(statement)
 
     def after_bulk_load(self):
         for name, table in db.TABLES.items():
