@@ -43,7 +43,7 @@ def create_app(test_config=None):
     app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
     app.config.from_mapping(
         DATABASE_URL=None,
-        DATABASE_PATH=os.path.join(app.instance_path, "wallet.db"),
+        DATABASE_PATH=replication.default_database_path(),  # instance/wallet.db, as the master finds it
         CALLBACK_TOKEN=None,
         CALLBACK_ALLOWED_IPS="",
         TRUSTED_PROXIES="0",

@@ -62,11 +62,17 @@ def replica_url(environ=os.environ):
     return (environ.get(REPLICA_URL) or "").strip() or None
 
 
+def default_database_path():
+    """DATABASE_PATH's default, for create_app() and the master alike: instance/wallet.db in
+    the repository (Flask's instance folder of app.py, which lives beside this file)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance", "wallet.db")
+
+
 def database_path(environ=os.environ):
-    """DATABASE_PATH as create_app() resolves it (default: instance/wallet.db beside app.py), absolute."""
+    """DATABASE_PATH as create_app() resolves it, absolute."""
     if "DATABASE_PATH" in environ:
         return os.path.abspath(environ["DATABASE_PATH"])
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance", "wallet.db")
+    return default_database_path()
 
 
 def check_engine(url, database_url):
