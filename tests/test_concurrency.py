@@ -27,7 +27,7 @@ import pytest
 import db
 import postgres
 
-from conftest import FINISH, START, audit, body, books, query
+from conftest import FINISH, START, audit, body, books, query, store_settings
 from live import ROOT, Instances
 
 WORKERS = 3
@@ -241,13 +241,12 @@ def test_mixed_traffic_settles_every_player_exactly(server):
 BOOTING_WORKER = r"""
 import json, os, sys, traceback
 import app as app_module, db
-targets, ready, gates = json.loads(sys.argv[1]), int(sys.argv[2]), [int(fd) for fd in sys.argv[3:]]
+stores, ready, gates = json.loads(sys.argv[1]), int(sys.argv[2]), [int(fd) for fd in sys.argv[3:]]
 failures = []
-for target, gate in zip(targets, gates):
+for store, gate in zip(stores, gates):
     os.write(ready, b".")
     os.read(gate, 1)
     try:
-        store = {"DATABASE_URL": target} if db.is_database_url(target) else {"DATABASE_PATH": target}
         made = app_module.create_app({**store, "CALLBACK_TOKEN": "x",
             "ADMIN_TOKEN": "y", "CURRENCY_DECIMALS": "USD=2", "LOG_LEVEL": "WARNING"})
         with made.app_context():
@@ -255,7 +254,7 @@ for target, gate in zip(targets, gates):
         db.close_all(made)
     except Exception:
         lines = traceback.format_exc().strip().splitlines()
-        failures.append(f"fresh database {target}: " + " / ".join(line.strip() for line in lines[-3:]))
+        failures.append(f"fresh database {store}: " + " / ".join(line.strip() for line in lines[-3:]))
 os.write(ready, b".")
 print(json.dumps(failures))
 """
@@ -275,7 +274,7 @@ class BootingWorkers:
                 self.logs.append(directory / f"worker-{n}.err")
                 with open(self.logs[-1], "wb") as stderr:
                     self.processes.append(subprocess.Popen(
-                        [sys.executable, "-c", BOOTING_WORKER, json.dumps(targets), str(ready_write),
+                        [sys.executable, "-c", BOOTING_WORKER, json.dumps([store_settings(t) for t in targets]), str(ready_write),
                          *(str(gate) for gate, _ in gates)],
                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
                         pass_fds=[ready_write, *(gate for gate, _ in gates)], text=True,
