@@ -365,12 +365,20 @@ def wallet(client, app):
     return Wallet(client, app)
 
 
+def _needs_processes():
+    """Real gunicorn servers need POSIX and /proc (to see their workers). Elsewhere their tests
+    skip, saying why; under CI=true they must run, as the PostgreSQL half must."""
+    if not Path("/proc/self/stat").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: the tests that run gunicorn need POSIX and /proc")
+        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
+
+
 @contextlib.contextmanager
 def module_gunicorn(request, tmp_path_factory, name, **options):
     """One real gunicorn for a whole module, on a fresh database of the engine the module
     fixture is parametrised with (request.param); stopped, its database dropped, after."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
+    _needs_processes()
     from live import Gunicorn
 
     folder = tmp_path_factory.mktemp(name)
@@ -397,8 +405,7 @@ def gunicorn(tmp_path, new_database):
     gunicorn("name", workers=3, **environment) serves a fresh database of the test's engine
     (`database=` another server's `.database` to run a second instance on the same books).
     """
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("needs gunicorn (POSIX) and /proc to see its workers")
+    _needs_processes()
     from live import Gunicorn  # live imports this module's tokens
 
     servers = []
