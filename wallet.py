@@ -6,9 +6,9 @@ rules know nothing of the engine underneath.
 """
 
 import dataclasses
-import functools
 import datetime
 import decimal
+import functools
 import json
 import time
 
