@@ -201,46 +201,33 @@ def apply_callback(db, callback, audit):
 
 
 def _start(db, cb, bet, now):
-    """Debit the bet if the wallet holds it; a repeat of an accepted start changes nothing."""
+    """Debit the bet if the wallet holds it; a repeat of an accepted start changes nothing.
+
+    The game is written first, new (or, if its start was declined, taken again) and open, and
+    the bet debited after it; so an everyday start is two statements, and only a repeat looks
+    the game up (_repeated_start). A bet the wallet cannot hold marks the game declined.
+    """
     game_id, session = cb["game"]["id"], cb["session"]
     player_id, currency = session["player_id"], session["currency"]
-    game = db.execute(
-        "SELECT status, player_id, currency, bet FROM games WHERE game_id = ?", [game_id]
-    ).fetchone()
-    if game is not None and game[0] != "declined":
-        status = game[0]
-        if tuple(game[1:]) != (player_id, currency, bet):
-            return _conflict(
-                f"game {game_id} was started by {game[1]} for {to_text(game[3], game[2])} {game[2]}; "
-                f"this start says {player_id} for {to_text(bet, currency)} {currency}"
-            )
-        if status == "refunded":
-            return Outcome(200, {"result": False}, "duplicate", f"game {game_id} was refunded")
-        return Outcome(200, {"result": True}, "duplicate", f"bet of game {game_id} already accepted ({status})")
-
-    # Debited in one statement by the wallet's owner; only a declined bet looks the wallet up.
-    wallet_id = _move(db, (player_id, currency), -bet, "bet", now, game_id=game_id)
-    accepted = wallet_id is not None
-    wallet = None if accepted else _wallet_row(db, player_id, currency)
-    if wallet is not None:
-        wallet_id = wallet[0]
     data = cb.get("data", {})
-    db.execute(
+    opened = db.execute(
         "INSERT INTO games (game_id, status, player_id, currency, wallet_id, bet, session_id, "
         "game_name, round, all_bet_amount, round_data, start_time, started_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "VALUES (?, 'open', ?, ?, (SELECT id FROM wallets WHERE player_id = ? AND currency = ?), "
+        "?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (game_id) DO UPDATE SET status = excluded.status, "
         "player_id = excluded.player_id, currency = excluded.currency, "
         "wallet_id = excluded.wallet_id, bet = excluded.bet, session_id = excluded.session_id, "
         "game_name = excluded.game_name, round = excluded.round, "
         "all_bet_amount = excluded.all_bet_amount, round_data = excluded.round_data, "
-        "start_time = excluded.start_time, started_at = excluded.started_at",
+        "start_time = excluded.start_time, started_at = excluded.started_at "
+        "WHERE games.status = 'declined' RETURNING wallet_id",
         [
             game_id,
-            "open" if accepted else "declined",
             player_id,
             currency,
-            wallet_id,
+            player_id,
+            currency,
             bet,
             session["id"],
             session["game_name"],
@@ -250,48 +237,58 @@ def _start(db, cb, bet, now):
             cb["time"] if cb["time"] is not None else now,
             now,
         ],
-    )
-    if accepted:
+    ).fetchone()
+    if opened is None:  # the game is there, and not declined
+        return _repeated_start(db, game_id, player_id, currency, bet)
+    wallet_id = opened[0]
+    if wallet_id is not None and _move(db, wallet_id, -bet, "bet", now, game_id=game_id) is not None:
         return Outcome(200, {"result": True}, "accepted", f"debited {to_text(bet, currency)} {currency}")
+    db.execute("UPDATE games SET status = 'declined' WHERE game_id = ?", [game_id])
+    wallet = _wallet_row(db, player_id, currency)
     why = "no such wallet" if wallet is None else f"balance {to_text(wallet[1], currency)} {currency} is below the bet"
     return Outcome(200, {"result": False}, "declined", why)
 
 
-def _finish(db, cb, bet, now):
-    """Credit bet x payout on a win (nothing on a lose) once; a repeat changes nothing."""
-    game_id, session, result = cb["game"]["id"], cb["session"], cb["game"]
-    player_id, currency = session["player_id"], session["currency"]
-    game = db.execute(
-        "SELECT status, player_id, currency, bet, wallet_id, payout FROM games WHERE game_id = ?",
-        [game_id],
-    ).fetchone()
-    if game is None or game[0] == "declined":
-        return _conflict(f"game {game_id} has no accepted start")
-    status, wallet_id, stored_payout = game[0], game[4], game[5]
-    if tuple(game[1:4]) != (player_id, currency, bet):
+def _repeated_start(db, game_id, player_id, currency, bet):
+    """Answer a start whose game was already accepted: as before, or 409 if it differs."""
+    game = db.execute("SELECT status, player_id, currency, bet FROM games WHERE game_id = ?", [game_id]).fetchone()
+    if tuple(game[1:]) != (player_id, currency, bet):
         return _conflict(
             f"game {game_id} was started by {game[1]} for {to_text(game[3], game[2])} {game[2]}; "
-            f"this finish says {player_id} for {to_text(bet, currency)} {currency}"
+            f"this start says {player_id} for {to_text(bet, currency)} {currency}"
         )
-    if status == "refunded":
-        return _conflict(f"game {game_id} was refunded; its finish cannot be settled")
+    if game[0] == "refunded":
+        return Outcome(200, {"result": False}, "duplicate", f"game {game_id} was refunded")
+    return Outcome(200, {"result": True}, "duplicate", f"bet of game {game_id} already accepted ({game[0]})")
+
+
+# A finish settles its game in one statement, matching only an open game started as the finish
+# says. The match is one CASE so that it is checked on the game its key finds: as separate
+# conditions a planner may look the game up by the index on its player or on its status
+# instead (PostgreSQL's generic plan of the prepared statement did: it walked every game of the
+# player, measured). tests/test_operations.py checks the plan.
+SETTLE_FINISH = (
+    "UPDATE games SET status = ?, payout = ?, profit = ?, credit = ?, balance_update_delay = ?, "
+    "finish_time = ?, settled_at = ? "
+    "WHERE game_id = ? AND CASE WHEN status = 'open' AND player_id = ? AND currency = ? AND bet = ? "
+    "THEN 1 END = 1 RETURNING wallet_id"
+)
+
+
+def _finish(db, cb, bet, now):
+    """Credit bet x payout on a win (nothing on a lose) once; a repeat changes nothing.
+
+    The game is settled by one UPDATE that matches only an open game started as this finish
+    says, then credited; so an everyday finish is two statements, and only a finish that
+    settles nothing looks the game up to say why (_unsettled_finish).
+    """
+    game_id, session, result = cb["game"]["id"], cb["session"], cb["game"]
+    player_id, currency = session["player_id"], session["currency"]
     new_status = "won" if result["status"] == "win" else "lost"
     payout = result["payout"]
-    if status != "open":
-        if status != new_status or decimal.Decimal(stored_payout) != payout:
-            return _conflict(
-                f"game {game_id} was settled as {status} with payout {stored_payout}; "
-                f"this finish says {new_status} with payout {payout}"
-            )
-        return Outcome(200, {}, "duplicate", f"game {game_id} already settled ({status})")
-
     credit = win_credit(bet, payout) if new_status == "won" else 0
-    if credit > MAX_MINOR:
-        raise ValidationError({"game": {"payout": ["The win (bet x payout) is too large to credit."]}})
-    _move(db, wallet_id, credit, "payout", now, game_id=game_id)
-    db.execute(
-        "UPDATE games SET status = ?, payout = ?, profit = ?, credit = ?, "
-        "balance_update_delay = ?, finish_time = ?, settled_at = ? WHERE game_id = ?",
+    settled = credit <= MAX_MINOR and db.execute(
+        SETTLE_FINISH,
         [
             new_status,
             _text(payout),
@@ -301,9 +298,41 @@ def _finish(db, cb, bet, now):
             cb["time"] if cb["time"] is not None else now,
             now,
             game_id,
+            player_id,
+            currency,
+            bet,
         ],
-    )
+    ).fetchone()
+    if not settled:
+        return _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout)
+    _move(db, settled[0], credit, "payout", now, game_id=game_id)
     return Outcome(200, {}, "accepted", f"{new_status}: credited {to_text(credit, currency)} {currency}")
+
+
+def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout):
+    """Why a finish settled nothing: a repeat (answered as before), a conflict, or a win too
+    large to credit."""
+    game = db.execute(
+        "SELECT status, player_id, currency, bet, payout FROM games WHERE game_id = ?", [game_id]
+    ).fetchone()
+    if game is None or game[0] == "declined":
+        return _conflict(f"game {game_id} has no accepted start")
+    status, stored_payout = game[0], game[4]
+    if tuple(game[1:4]) != (player_id, currency, bet):
+        return _conflict(
+            f"game {game_id} was started by {game[1]} for {to_text(game[3], game[2])} {game[2]}; "
+            f"this finish says {player_id} for {to_text(bet, currency)} {currency}"
+        )
+    if status == "refunded":
+        return _conflict(f"game {game_id} was refunded; its finish cannot be settled")
+    if status == "open":  # matched, but the credit was past MAX_MINOR
+        raise ValidationError({"game": {"payout": ["The win (bet x payout) is too large to credit."]}})
+    if status != new_status or decimal.Decimal(stored_payout) != payout:
+        return _conflict(
+            f"game {game_id} was settled as {status} with payout {stored_payout}; "
+            f"this finish says {new_status} with payout {payout}"
+        )
+    return Outcome(200, {}, "duplicate", f"game {game_id} already settled ({status})")
 
 
 def _text(number):

@@ -313,6 +313,30 @@ def test_the_queries_of_partial_indexes_can_use_them(wallet, index, sql, params)
     assert index in str(plan), plan
 
 
+def test_a_finish_settles_its_game_found_by_its_key(wallet):
+    """The finish's UPDATE also matches status, player, currency and bet. A worker's connection
+    runs it as a prepared statement, whose generic plan PostgreSQL chooses once, on whatever
+    statistics a young table has: that plan must still find the game by its key, not walk an
+    index of the player's games or of the open ones. (With the match written as separate
+    conditions, the generic plan took the player's index.)"""
+    params = ["won", "2", "1", 200, 0, 1, 1, "g1", "p", "USD", 100]
+    if db.is_database_url(wallet.database):
+        numbers = itertools.count(1)
+        sql = re.sub(r"\?", lambda _: f"${next(numbers)}", wallet_rules.SETTLE_FINISH)
+        execute(wallet.database, f"PREPARE settle_finish AS {sql}")
+        execute(wallet.database, "SET plan_cache_mode = force_generic_plan")
+        try:
+            literals = ", ".join(f"'{value}'" if isinstance(value, str) else str(value) for value in params)
+            plan = query(wallet.database, f"EXPLAIN EXECUTE settle_finish({literals})")
+        finally:
+            execute(wallet.database, "RESET plan_cache_mode")
+            execute(wallet.database, "DEALLOCATE settle_finish")
+        assert "Index Scan using games_pkey" in str(plan) and "idx_" not in str(plan), plan
+    else:
+        plan = query(wallet.database, "EXPLAIN QUERY PLAN " + wallet_rules.SETTLE_FINISH, params)
+        assert "sqlite_autoindex_games_1 (game_id=?)" in str(plan), plan
+
+
 def test_indexes_an_earlier_version_made_whole_are_replaced_by_partial_ones(make_app, database):
     app = make_app()
     db.close_all(app)
