@@ -130,18 +130,16 @@ def _minor_or_invalid(amount, currency, *path):
     raise ValidationError(message)
 
 
-def _move(db, wallet, amount, kind, now, game_id=None, reference=None):
+def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None):
     """Change a balance and write its ledger row; the only place a balance changes.
 
-    `wallet` is a wallet's id, or (player_id, currency). Returns the wallet's id, or None (and
-    changes nothing) when there is no such wallet or it would go negative; refuses (409) a
-    credit that would take it past MAX_MINOR.
+    Returns the wallet's id, or None (and changes nothing) when there is no such wallet or it
+    would go negative; refuses (409) a credit that would take it past MAX_MINOR.
     """
-    where, key = ("id = ?", [wallet]) if isinstance(wallet, int) else ("player_id = ? AND currency = ?", [*wallet])
     row = db.execute(
-        f"UPDATE wallets SET balance = balance + ?, updated_at = ? "
-        f"WHERE {where} AND balance + ? BETWEEN 0 AND ? RETURNING id, balance",
-        [amount, now, *key, amount, MAX_MINOR],
+        "UPDATE wallets SET balance = balance + ?, updated_at = ? "
+        "WHERE id = ? AND balance + ? BETWEEN 0 AND ? RETURNING id, balance",
+        [amount, now, wallet_id, amount, MAX_MINOR],
     ).fetchone()
     if row is None and amount > 0:
         raise ApiError(409, "balance_limit", "The credit would take the wallet past the largest balance it can hold.")
@@ -203,9 +201,9 @@ def apply_callback(db, callback, audit):
 def _start(db, cb, bet, now):
     """Debit the bet if the wallet holds it; a repeat of an accepted start changes nothing.
 
-    The game is written first, new (or, if its start was declined, taken again) and open, and
-    the bet debited after it; so an everyday start is two statements, and only a repeat looks
-    the game up (_repeated_start). A bet the wallet cannot hold marks the game declined.
+    The game is written first, new (or, if its start was declined, taken again) and open, with
+    its wallet's id, and the bet debited after it: only a repeat reads the game
+    (_repeated_start). A bet the wallet cannot hold marks the game declined.
     """
     game_id, session = cb["game"]["id"], cb["session"]
     player_id, currency = session["player_id"], session["currency"]
@@ -244,9 +242,10 @@ def _start(db, cb, bet, now):
     if wallet_id is not None and _move(db, wallet_id, -bet, "bet", now, game_id=game_id) is not None:
         return Outcome(200, {"result": True}, "accepted", f"debited {to_text(bet, currency)} {currency}")
     db.execute("UPDATE games SET status = 'declined' WHERE game_id = ?", [game_id])
-    wallet = _wallet_row(db, player_id, currency)
-    why = "no such wallet" if wallet is None else f"balance {to_text(wallet[1], currency)} {currency} is below the bet"
-    return Outcome(200, {"result": False}, "declined", why)
+    if wallet_id is None:
+        return Outcome(200, {"result": False}, "declined", "no such wallet")
+    balance = db.execute("SELECT balance FROM wallets WHERE id = ?", [wallet_id]).fetchone()[0]
+    return Outcome(200, {"result": False}, "declined", f"balance {to_text(balance, currency)} {currency} is below the bet")
 
 
 def _repeated_start(db, game_id, player_id, currency, bet):
@@ -279,15 +278,16 @@ def _finish(db, cb, bet, now):
     """Credit bet x payout on a win (nothing on a lose) once; a repeat changes nothing.
 
     The game is settled by one UPDATE that matches only an open game started as this finish
-    says, then credited; so an everyday finish is two statements, and only a finish that
-    settles nothing looks the game up to say why (_unsettled_finish).
+    says (SETTLE_FINISH), then credited: only a finish that settles nothing reads the game, to
+    say why (_unsettled_finish).
     """
     game_id, session, result = cb["game"]["id"], cb["session"], cb["game"]
     player_id, currency = session["player_id"], session["currency"]
     new_status = "won" if result["status"] == "win" else "lost"
     payout = result["payout"]
     credit = win_credit(bet, payout) if new_status == "won" else 0
-    settled = credit <= MAX_MINOR and db.execute(
+    too_large = credit > MAX_MINOR
+    settled = not too_large and db.execute(
         SETTLE_FINISH,
         [
             new_status,
@@ -304,14 +304,14 @@ def _finish(db, cb, bet, now):
         ],
     ).fetchone()
     if not settled:
-        return _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout)
+        return _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout, too_large)
     _move(db, settled[0], credit, "payout", now, game_id=game_id)
     return Outcome(200, {}, "accepted", f"{new_status}: credited {to_text(credit, currency)} {currency}")
 
 
-def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout):
+def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout, too_large):
     """Why a finish settled nothing: a repeat (answered as before), a conflict, or a win too
-    large to credit."""
+    large to credit (`too_large`: then it was not tried)."""
     game = db.execute(
         "SELECT status, player_id, currency, bet, payout FROM games WHERE game_id = ?", [game_id]
     ).fetchone()
@@ -325,8 +325,10 @@ def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout)
         )
     if status == "refunded":
         return _conflict(f"game {game_id} was refunded; its finish cannot be settled")
-    if status == "open":  # matched, but the credit was past MAX_MINOR
-        raise ValidationError({"game": {"payout": ["The win (bet x payout) is too large to credit."]}})
+    if status == "open":
+        if too_large:
+            raise ValidationError({"game": {"payout": ["The win (bet x payout) is too large to credit."]}})
+        raise RuntimeError(f"game {game_id} is open and matches its finish, yet SETTLE_FINISH settled nothing")
     if status != new_status or decimal.Decimal(stored_payout) != payout:
         return _conflict(
             f"game {game_id} was settled as {status} with payout {stored_payout}; "

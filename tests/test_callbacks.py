@@ -42,6 +42,20 @@ def test_declined_start_is_evaluated_afresh_when_repeated(wallet):
     assert wallet.books()["games"] == [("g-1", "open", 500, None)]
 
 
+def test_a_declined_start_says_why_and_its_game_stays_declined(wallet):
+    assert wallet.start(game_id="g-none", player="nobody").json == {"result": False}
+    wallet.deposit("1.00")
+    assert wallet.start(game_id="g-low", bet="1.01").json == {"result": False}
+    assert [(row["game_id"], row["outcome"], row["reason"]) for row in wallet.audit()] == [
+        ("g-none", "declined", "no such wallet"),
+        ("g-low", "declined", "balance 1.00 USD is below the bet"),
+    ]
+    [(wallet_id,)] = query(wallet.database, "SELECT id FROM wallets")
+    games = query(wallet.database, "SELECT game_id, status, player_id, wallet_id, bet FROM games ORDER BY game_id")
+    assert games == [("g-low", "declined", "player-42", wallet_id, 101), ("g-none", "declined", "nobody", None, 100)]
+    assert [row[2] for row in wallet.books()["ledger"]] == ["deposit"]
+
+
 def test_finish_without_an_accepted_start_is_refused(wallet):
     wallet.deposit("10.00")
     response = wallet.finish(game_id="never-started")
