@@ -224,6 +224,26 @@ def test_an_instance_starting_beside_a_serving_one_takes_no_lock_on_its_tables(n
         first.stop()
 
 
+def test_a_commit_that_postgresql_answers_with_rollback_is_not_a_success(new_postgres_database):
+    """A statement that failed inside a transaction aborts it, and a COMMIT then answers
+    ROLLBACK: the store must not take that for a commit, even if the failure was swallowed."""
+    url = new_postgres_database()
+    store = db.open_store(url)
+    try:
+        store.create_schema()
+        with pytest.raises(db.DatabaseUnavailable, match="COMMIT answered ROLLBACK"):
+            with store.transaction():
+                store.execute("INSERT INTO currencies (currency, decimals) VALUES ('USD', 2)")
+                with contextlib.suppress(psycopg.errors.DivisionByZero):
+                    store.execute("SELECT 1 / 0").fetchone()
+        assert not store.in_transaction()
+        with store.transaction():  # the connection serves on
+            store.execute("INSERT INTO currencies (currency, decimals) VALUES ('EUR', 2)")
+    finally:
+        store.close()
+    assert query(url, "SELECT currency FROM currencies") == [("EUR",)]
+
+
 # --- moving the books between engines ------------------------------------------------------------
 
 
