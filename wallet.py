@@ -245,7 +245,8 @@ def _start(db, cb, bet, now):
     if wallet_id is None:
         return Outcome(200, {"result": False}, "declined", "no such wallet")
     balance = db.execute("SELECT balance FROM wallets WHERE id = ?", [wallet_id]).fetchone()[0]
-    return Outcome(200, {"result": False}, "declined", f"balance {to_text(balance, currency)} {currency} is below the bet")
+    why = f"balance {to_text(balance, currency)} {currency} is below the bet"
+    return Outcome(200, {"result": False}, "declined", why)
 
 
 def _repeated_start(db, game_id, player_id, currency, bet):
