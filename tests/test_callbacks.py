@@ -56,6 +56,20 @@ def test_a_declined_start_says_why_and_its_game_stays_declined(wallet):
     assert [row[2] for row in wallet.books()["ledger"]] == ["deposit"]
 
 
+def test_a_start_or_finish_that_contradicts_its_games_start_is_a_conflict_saying_how(wallet):
+    wallet.deposit("10.00")
+    assert wallet.start(game_id="g", bet="1.25").json == {"result": True}
+    for send, kind, says in [
+        (lambda: wallet.start(game_id="g", bet="2"), "start", "player-42 for 2.00 USD"),
+        (lambda: wallet.finish(game_id="g", bet="1.25", player="someone-else"), "finish", "someone-else for 1.25 USD"),
+    ]:
+        answer = send()
+        reason = f"game g was started by player-42 for 1.25 USD; this {kind} says {says}"
+        assert (answer.status_code, answer.json) == (409, {"error": "conflict", "message": reason})
+        assert (wallet.audit()[-1]["outcome"], wallet.audit()[-1]["reason"]) == ("conflict", reason)
+    assert wallet.balance() == "8.75"
+
+
 def test_finish_without_an_accepted_start_is_refused(wallet):
     wallet.deposit("10.00")
     response = wallet.finish(game_id="never-started")
