@@ -181,6 +181,18 @@ def _conflict(reason):
     return Outcome(409, error_body("conflict", reason), "conflict", reason)
 
 
+def _started_otherwise(game_id, started, says, kind):
+    """The 409 for a `kind` callback (start, finish) whose game was started by another player,
+    in another currency or for another bet than it says; None when they agree. `started` and
+    `says` are (player_id, currency, bet)."""
+    if tuple(started) == says:
+        return None
+    return _conflict(
+        f"game {game_id} was started by {started[0]} for {to_text(started[2], started[1])} {started[1]}; "
+        f"this {kind} says {says[0]} for {to_text(says[2], says[1])} {says[1]}"
+    )
+
+
 def apply_callback(db, callback, audit):
     """Settle one validated callback and write its audit row, all in one transaction."""
     kind = callback["type"]
@@ -252,11 +264,9 @@ def _start(db, cb, bet, now):
 def _repeated_start(db, game_id, player_id, currency, bet):
     """Answer a start whose game was already accepted: as before, or 409 if it differs."""
     game = db.execute("SELECT status, player_id, currency, bet FROM games WHERE game_id = ?", [game_id]).fetchone()
-    if tuple(game[1:]) != (player_id, currency, bet):
-        return _conflict(
-            f"game {game_id} was started by {game[1]} for {to_text(game[3], game[2])} {game[2]}; "
-            f"this start says {player_id} for {to_text(bet, currency)} {currency}"
-        )
+    conflict = _started_otherwise(game_id, game[1:4], (player_id, currency, bet), "start")
+    if conflict is not None:
+        return conflict
     if game[0] == "refunded":
         return Outcome(200, {"result": False}, "duplicate", f"game {game_id} was refunded")
     return Outcome(200, {"result": True}, "duplicate", f"bet of game {game_id} already accepted ({game[0]})")
@@ -319,11 +329,9 @@ def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout,
     if game is None or game[0] == "declined":
         return _conflict(f"game {game_id} has no accepted start")
     status, stored_payout = game[0], game[4]
-    if tuple(game[1:4]) != (player_id, currency, bet):
-        return _conflict(
-            f"game {game_id} was started by {game[1]} for {to_text(game[3], game[2])} {game[2]}; "
-            f"this finish says {player_id} for {to_text(bet, currency)} {currency}"
-        )
+    conflict = _started_otherwise(game_id, game[1:4], (player_id, currency, bet), "finish")
+    if conflict is not None:
+        return conflict
     if status == "refunded":
         return _conflict(f"game {game_id} was refunded; its finish cannot be settled")
     if status == "open":
