@@ -39,7 +39,6 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 REPLICATED_AUTOCHECKPOINT_PAGES = 10_000
 
 
-
 class DatabaseUnavailable(Exception):
     """The database cannot be reached, timed out, or lost a statement's outcome: answer 503.
 
