@@ -6,16 +6,11 @@ import click
 from flask import Flask, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-import api
-import callbacks
-import cli
 import db
-import errors
-import openapi
-import paths
 import replication
-import simulator
-import wallet
+from cli import commands, simulator
+from money.units import parse_currency_decimals
+from web import api, callbacks, errors, openapi, paths
 
 ENVIRONMENT = (
     "DATABASE_URL",
@@ -72,7 +67,7 @@ def create_app(test_config=None):
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
-    app.cli.add_command(cli.wallet_cli)
+    app.cli.add_command(commands.wallet_cli)
     app.cli.add_command(simulator.simulate_command)
     if app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
@@ -111,7 +106,7 @@ def _normalise_config(app):
         config[key] = (config[key] or "").strip() or None
     try:
         config["CALLBACK_TOKENS"] = callbacks.parse_tokens(config["CALLBACK_TOKEN"])
-        config["CURRENCY_DECIMALS"] = wallet.parse_currency_decimals(config["CURRENCY_DECIMALS"])
+        config["CURRENCY_DECIMALS"] = parse_currency_decimals(config["CURRENCY_DECIMALS"])
         config["CALLBACK_NETWORKS"] = callbacks.parse_networks(config["CALLBACK_ALLOWED_IPS"])
         config["TRUSTED_PROXIES"] = int(config["TRUSTED_PROXIES"])
         if config["TRUSTED_PROXIES"] < 0:

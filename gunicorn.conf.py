@@ -16,7 +16,7 @@ before any worker serves, and stops it when gunicorn stops. See replication.py.
 from gunicorn.workers.ggevent import GeventWorker
 
 import replication
-from serving import JsonRefusals, check_before_serving, refuse
+from web.serving import JsonRefusals, check_before_serving, refuse
 
 
 class JsonGeventWorker(JsonRefusals, GeventWorker):

@@ -11,7 +11,7 @@ import unicodedata
 from marshmallow import INCLUDE, Schema, ValidationError, fields, missing, validate, validates_schema
 from marshmallow.decorators import VALIDATES_SCHEMA
 
-from errors import ApiError
+from money.refusals import ApiError
 
 AMOUNT_LIMIT = decimal.Decimal(10) ** 12  # in currency units, exclusive
 MAX_DELAY_MS = 600_000

@@ -66,7 +66,7 @@ With --replication, each SQLite round of the project on an empty database with o
 gets a twin served with LITESTREAM_REPLICA_URL set to a new file replica in the temporary
 directory: gunicorn started exactly as for the other rounds, so the repository's
 gunicorn.conf.py runs the service's own replication hooks (its master starts the supervisor
-of replication.py, which runs Litestream; the supervisor is the master's child but not a
+of replication/supervisor.py, which runs Litestream; the supervisor is the master's child but not a
 worker, and is not counted as one). Replication applies to SQLite only: it is refused with
 --engine postgresql, and with --engine both the PostgreSQL rounds run unreplicated. Once
 the players are funded the load waits until /healthz reports replication ok. Printed for a
@@ -120,7 +120,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-import db  # noqa: E402  (the schema's column names, for the bulk load)
+import store  # noqa: E402  (the store layer: open a target, the schema's column names for the bulk load)
+from store.schema import TABLES  # noqa: E402
 import reference  # noqa: E402  (bench/reference.py: its schema and its check of the books)
 import replication  # noqa: E402  (where the service keeps its replication files; its litestream)
 from app import ENVIRONMENT  # noqa: E402  (the service's settings: none may leak in)
@@ -274,7 +275,7 @@ def history(games, players, game_ids, seed=1):
                        "response", "body", "duration_ms"), audit_rows()),
     ]
     for table, columns, _ in tables:  # the service's schema is the one truth
-        unknown = set(columns) - set(db.TABLES[table]["columns"])
+        unknown = set(columns) - set(TABLES[table]["columns"])
         assert not unknown, f"{table} has no column {unknown}"
     return tables
 
@@ -316,11 +317,11 @@ def load_postgres(url, tables):
                 with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-    store = db.open_store(url, create=False)
+    books = store.open_store(url, create=False)
     try:
-        store.after_bulk_load()
+        books.after_bulk_load()
     finally:
-        store.close()
+        books.close()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE)")
         try:
@@ -639,10 +640,10 @@ def processes():
 
 
 def is_supervisor(pid):
-    """Whether `pid` runs replication.py as a program (`python .../replication.py DB PID`)."""
+    """Whether `pid` runs the replication supervisor (`python -m replication.supervisor DB PID`)."""
     with contextlib.suppress(OSError):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        return len(argv) > 1 and os.path.basename(argv[1]) == b"replication.py"
+        return b"replication.supervisor" in argv
     return False
 
 
@@ -1439,7 +1440,7 @@ def main():
         args.engine = "postgresql" if args.database_url else "sqlite"
     if args.database_url and args.engine == "sqlite":
         parser.error("--database-url is a PostgreSQL server: use it with --engine postgresql or both")
-    if args.database_url and urllib.parse.urlsplit(args.database_url).scheme not in db.POSTGRES_SCHEMES:
+    if args.database_url and urllib.parse.urlsplit(args.database_url).scheme not in store.POSTGRES_SCHEMES:
         parser.error("--database-url must be a postgresql:// URL")
     if args.reference and args.games_preloaded and args.no_baseline:
         parser.error("--reference runs on an empty database, beside the project's empty rounds: drop --no-baseline")

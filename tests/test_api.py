@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from money import units
 import schemas
-import wallet as wallet_rules
 
 
 def test_deposit_creates_the_wallet_and_answers_201(wallet):
@@ -94,7 +94,7 @@ def test_unknown_player_has_no_balances_and_unknown_wallet_is_404(wallet):
 def test_a_win_is_credited_at_once_but_displayed_after_its_animation(wallet):
     wallet.deposit("10.00")
     wallet.start(bet=1)
-    sent = wallet_rules.now_ms()
+    sent = units.now_ms()
     wallet.finish(payout=2.5, **{"time": sent, "data.balanceUpdateDelay": 3500})
     view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
     assert view["balance"] == "11.50"
@@ -107,7 +107,7 @@ def test_a_win_is_credited_at_once_but_displayed_after_its_animation(wallet):
 def test_a_win_whose_animation_is_over_is_not_pending(wallet):
     wallet.deposit("10.00")
     wallet.start(bet=1)
-    wallet.finish(payout=2, **{"time": wallet_rules.now_ms() - 5000, "data.balanceUpdateDelay": 3500})
+    wallet.finish(payout=2, **{"time": units.now_ms() - 5000, "data.balanceUpdateDelay": 3500})
     wallet.start(game_id="g-2", bet=1)
     wallet.finish(game_id="g-2", payout=2, **{"data.balanceUpdateDelay": 0})
     view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
@@ -117,7 +117,7 @@ def test_a_win_whose_animation_is_over_is_not_pending(wallet):
 def test_a_pending_win_leaves_pending_once_its_delay_runs_out(wallet):
     wallet.deposit("10.00")
     wallet.start(bet=1)
-    wallet.finish(payout=2, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 1500})
+    wallet.finish(payout=2, **{"time": units.now_ms(), "data.balanceUpdateDelay": 1500})
     assert wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json["pending"]
     time.sleep(1.6)
     view = wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json
@@ -136,7 +136,7 @@ def shown(view):
 def test_withdrawing_a_win_not_shown_yet_never_takes_the_display_below_zero(wallet):
     wallet.deposit("5.00")
     wallet.start(bet=1)
-    wallet.finish(payout=3, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 600_000})
+    wallet.finish(payout=3, **{"time": units.now_ms(), "data.balanceUpdateDelay": 600_000})
     assert shown(wallet.client.get("/api/players/player-42/balances/USD", headers=wallet.admin).json) == (
         "7.00", "4.00", {"g-1": "3.00"})
     withdrawn = wallet.withdraw("7.00")
@@ -149,7 +149,7 @@ def test_withdrawing_a_win_not_shown_yet_never_takes_the_display_below_zero(wall
 def test_a_win_partly_spent_shows_only_what_is_left_of_it(wallet):
     wallet.deposit("5.00")
     wallet.start(bet=1)
-    wallet.finish(payout=3, **{"time": wallet_rules.now_ms(), "data.balanceUpdateDelay": 600_000})
+    wallet.finish(payout=3, **{"time": units.now_ms(), "data.balanceUpdateDelay": 600_000})
     assert shown(wallet.withdraw("6.00").json) == ("1.00", "0.00", {"g-1": "1.00"})
     [balances] = wallet.client.get("/api/players/player-42/balances", headers=wallet.admin).json["balances"]
     assert shown(balances) == ("1.00", "0.00", {"g-1": "1.00"})
@@ -157,7 +157,7 @@ def test_a_win_partly_spent_shows_only_what_is_left_of_it(wallet):
 
 def test_wins_spent_by_a_bet_keep_the_first_to_show_whole(wallet):
     wallet.deposit("1.00")
-    now = wallet_rules.now_ms()
+    now = units.now_ms()
     wallet.start(game_id="g-1", bet=1)
     wallet.finish(game_id="g-1", payout=3, **{"time": now, "data.balanceUpdateDelay": 600_000})
     wallet.start(game_id="g-2", bet=1)  # staked out of the 3.00 not shown yet
@@ -180,7 +180,7 @@ def test_wins_spent_by_a_bet_keep_the_first_to_show_whole(wallet):
     ],
 )
 def test_show_in_ms(delay, callback_ms, received_ms, now, expected):
-    assert wallet_rules.show_in_ms(delay, callback_ms, received_ms, now) == expected
+    assert units.show_in_ms(delay, callback_ms, received_ms, now) == expected
 
 
 @pytest.mark.parametrize("amount, currency, expected", [

@@ -4,7 +4,8 @@ import pytest
 
 import db
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, START, Wallet, body
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, START, body
+from tests.support import Wallet
 
 
 @pytest.mark.parametrize(

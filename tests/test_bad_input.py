@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DELETE, FINISH, START, body
+from harness.samples import DELETE, FINISH, START, body
 
 HUGE_INT = "1" + "0" * 5000
 

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from conftest import DELETE, EXAMPLES, FINISH, START, Wallet, body, query
+from harness.samples import DELETE, FINISH, START, body
+from tests.support import EXAMPLES, Wallet, query
 
 
 def test_start_debits_the_bet_and_answers_true(wallet):

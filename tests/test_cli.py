@@ -2,8 +2,8 @@
 
 import json
 
-from conftest import store_settings
-from live import flask_cli
+from harness.live import flask_cli
+from harness.samples import store_settings
 
 
 def test_init_db_creates_the_schema(runner, app):

@@ -24,11 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import db
-import postgres
+import store
+from store import postgres as postgres_store
 
-from conftest import FINISH, START, audit, body, books, query, store_settings
-from live import ROOT, Instances
+from harness.live import ROOT, Instances
+from harness.samples import FINISH, START, body, store_settings
+from tests.support import audit, books, query
 
 WORKERS = 3
 THREADS = 32
@@ -364,9 +365,9 @@ def holding_the_schema_lock(engine, target):
         holder.execute("BEGIN IMMEDIATE")
         unlock = "COMMIT"
     else:
-        holder = db.open_store(target)
+        holder = store.open_store(target)
         holder.execute("BEGIN")
-        holder.execute("SELECT pg_advisory_xact_lock(?)", [postgres.SCHEMA_LOCK])
+        holder.execute("SELECT pg_advisory_xact_lock(?)", [postgres_store.SCHEMA_LOCK])
         unlock = "COMMIT"
     try:
         yield lambda: holder.execute(unlock)

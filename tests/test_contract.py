@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN
 
 TESTS = Path(__file__).resolve().parent
 # A fixed seed per engine: the suite stays fast, and each engine meets other generated input.

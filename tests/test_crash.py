@@ -12,8 +12,8 @@ import decimal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import audit, books, query
-from live import play
+from harness.live import play
+from tests.support import audit, books, query
 
 CLIENTS = 12
 TRAFFIC_SECONDS = 1.5

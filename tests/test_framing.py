@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, ENGINES, START, audit, body, books, module_gunicorn
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, START, body
+from tests.support import ENGINES, audit, books, module_gunicorn
 
 LIMIT = 64 * 1024  # MAX_CONTENT_LENGTH
 CALLBACK = f"/callback/{CALLBACK_TOKEN}"

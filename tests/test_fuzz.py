@@ -6,7 +6,7 @@ games, so start, finish, duplicate, conflict and refund paths are all reachable:
 - never a 5xx; every answer is JSON, and every 4xx is {"error": ..., "message": ...};
 - bad input moves nothing: wallets, ledger, games and operations are exactly as before;
 - input that may be valid (a mutated callback, a plausible movement, a refund) keeps the books:
-  balance = ledger sum, never negative (conftest's books() asserts both on every read);
+  balance = ledger sum, never negative (tests.support.books() asserts both on every read);
 - callbacks never create a wallet, and every authorised callback leaves one audit row.
 
 The regression tests at the end pin the 500s this fuzzing found, each as the smallest input.
@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-import errors
+from money import refusals
 import schemas
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Pairs, Raw, Wallet, body, dumps, query
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, body
+from tests.support import Pairs, Raw, Wallet, dumps, query
 
 SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=SLOW_IS_FINE)
@@ -281,7 +282,7 @@ def test_callbacks_load_alike_on_the_hot_path_and_through_schema_load():
     def check(template, changes):
         try:
             payload = schemas.parse_json(dumps(mutate(template, changes)).encode())
-        except errors.ApiError:
+        except refusals.ApiError:
             return  # not JSON the service parses
         if not isinstance(payload, dict):
             return

@@ -8,7 +8,7 @@ import pytest
 
 import db
 
-from conftest import FINISH, START, body
+from harness.samples import FINISH, START, body
 
 # Each is refused in every identifier: player, currency, game id, session id, reference.
 HIDDEN = {

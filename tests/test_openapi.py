@@ -5,7 +5,7 @@ import re
 import pytest
 
 import schemas
-from test_operations import play_a_little, refund
+from tests.support import play_a_little, refund
 
 
 @pytest.fixture

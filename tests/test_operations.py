@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import store
+from store import schema
+from money import units
 import db
 import schemas
 import wallet as wallet_rules
-from conftest import FINISH, START, body, books, execute, query
+from harness.samples import FINISH, START, body
+from tests.support import books, execute, play_a_little, query, refund
 
 
 def get(wallet, url, **params):
     return wallet.client.get(url, headers=wallet.admin, query_string=params)
-
-
-def refund(wallet, game_id):
-    return wallet.client.post(f"/api/games/{game_id}/refund", headers=wallet.admin)
 
 
 # --- refunds ----------------------------------------------------------------------------
@@ -108,20 +108,6 @@ def test_stale_lists_and_refund_stale_refunds_old_open_bets(runner, wallet):
 # --- reconciliation ---------------------------------------------------------------------
 
 
-def play_a_little(wallet):
-    wallet.deposit("10.00")
-    wallet.deposit("1", currency="BTC")
-    wallet.withdraw("1.00", reference="wd-1")
-    wallet.start(game_id="won", bet=2)
-    wallet.finish(game_id="won", bet=2, payout="1.5")
-    wallet.start(game_id="lost", bet=1)
-    wallet.finish(game_id="lost", bet=1, status="lose", payout=0)
-    wallet.start(game_id="open", bet=1)
-    wallet.start(game_id="refunded", bet=1)
-    refund(wallet, "refunded")
-    wallet.start(game_id="declined", bet=100)
-
-
 def test_reconcile_passes_on_healthy_books(runner, wallet):
     play_a_little(wallet)
     report = get(wallet, "/api/reconcile").json
@@ -205,9 +191,9 @@ def test_games_since_takes_iso_or_epoch_milliseconds(wallet):
     wallet.start(game_id="old", bet=1)
     age_start(wallet, "old", 3600)
     wallet.start(game_id="recent", bet=1)
-    cut = wallet_rules.now_ms() - 60_000
+    cut = units.now_ms() - 60_000
     by_ms = get(wallet, "/api/games", since=str(cut)).json["games"]
-    by_iso = get(wallet, "/api/games", since=wallet_rules.iso(cut)).json["games"]
+    by_iso = get(wallet, "/api/games", since=units.iso(cut)).json["games"]
     assert [g["game_id"] for g in by_ms] == [g["game_id"] for g in by_iso] == ["recent"]
 
 
@@ -269,7 +255,7 @@ def test_callbacks_audit_log_filters(wallet):
 
 
 def test_every_audit_filter_finds_exactly_its_callbacks(wallet):
-    """Everyday outcomes and types are left out of their partial indexes (db.py): a filter finds
+    """Everyday outcomes and types are left out of their partial indexes (store/schema.py): a filter finds
     the same rows whichever way it is answered."""
     wallet.deposit("1.00")
     wallet.start(game_id="a")  # accepted
@@ -290,13 +276,13 @@ def test_every_audit_filter_finds_exactly_its_callbacks(wallet):
     assert [(row["game_id"], row["type"]) for row in both] == [("a", "finish")]
 
 
-QUERIES_ON_PARTIAL_INDEXES = [  # as books.py and wallet.py ask them
-    ("idx_callbacks_outcome_id_partial", f"SELECT id FROM callbacks WHERE outcome = ? AND {db.uncommon('outcome')} "
+QUERIES_ON_PARTIAL_INDEXES = [  # as money/books.py and wallet.py ask them
+    ("idx_callbacks_outcome_id_partial", f"SELECT id FROM callbacks WHERE outcome = ? AND {schema.uncommon('outcome')} "
                                          "ORDER BY id DESC LIMIT 50", ["conflict"]),
-    ("idx_callbacks_type_id_partial", f"SELECT id FROM callbacks WHERE type = ? AND {db.uncommon('type')} "
+    ("idx_callbacks_type_id_partial", f"SELECT id FROM callbacks WHERE type = ? AND {schema.uncommon('type')} "
                                       "ORDER BY id DESC LIMIT 50", ["rollback"]),
     ("idx_games_wallet_id_settled_at_partial", "SELECT game_id FROM games WHERE wallet_id = ? AND settled_at >= ? "
-                                               f"AND {db.CREDITED} ORDER BY settled_at, game_id", [1, 0]),
+                                               f"AND {schema.CREDITED} ORDER BY settled_at, game_id", [1, 0]),
 ]
 
 
@@ -304,7 +290,7 @@ QUERIES_ON_PARTIAL_INDEXES = [  # as books.py and wallet.py ask them
 def test_the_queries_of_partial_indexes_can_use_them(wallet, index, sql, params):
     """A partial index serves only queries that state its condition; on an empty table the
     planners prefer a scan, so PostgreSQL is told to avoid one where it can."""
-    if db.is_database_url(wallet.database):
+    if store.is_database_url(wallet.database):
         execute(wallet.database, "SET enable_seqscan = off")
         plan = query(wallet.database, "EXPLAIN " + sql, params)
         execute(wallet.database, "RESET enable_seqscan")
@@ -320,7 +306,7 @@ def test_a_finish_settles_its_game_found_by_its_key(wallet):
     index of the player's games or of the open ones. (With the match written as separate
     conditions, the generic plan took the player's index.)"""
     params = ["won", "2", "1", 200, 0, 1, 1, "g1", "p", "USD", 100]
-    if db.is_database_url(wallet.database):
+    if store.is_database_url(wallet.database):
         numbers = itertools.count(1)
         sql = re.sub(r"\?", lambda _: f"${next(numbers)}", wallet_rules.SETTLE_FINISH)
         execute(wallet.database, f"PREPARE settle_finish AS {sql}")
@@ -340,18 +326,18 @@ def test_a_finish_settles_its_game_found_by_its_key(wallet):
 def test_indexes_an_earlier_version_made_whole_are_replaced_by_partial_ones(make_app, database):
     app = make_app()
     db.close_all(app)
-    for name in db.REPLACED_INDEXES:  # as an earlier version left them
+    for name in schema.REPLACED_INDEXES:  # as an earlier version left them
         execute(database, f"DROP INDEX IF EXISTS {name}_partial")
         column = {"idx_games_wallet_id_settled_at": "games (wallet_id, settled_at)",
                   "idx_callbacks_outcome_id": "callbacks (outcome, id)", "idx_callbacks_type_id": "callbacks (type, id)"}[name]
         execute(database, f"CREATE INDEX {name} ON {column}")
     make_app()  # the service starts on it
-    names = {db.index_name(table, columns, condition) for table, columns, _, condition in db.INDEXES}
-    if db.is_database_url(database):
+    names = {schema.index_name(table, columns, condition) for table, columns, _, condition in schema.INDEXES}
+    if store.is_database_url(database):
         present = {row[0] for row in query(database, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
     else:
         present = {row[0] for row in query(database, "SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert names <= present and not present & set(db.REPLACED_INDEXES), present
+    assert names <= present and not present & set(schema.REPLACED_INDEXES), present
 
 
 def test_cli_history_tables_and_json(runner, wallet):

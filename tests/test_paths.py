@@ -3,7 +3,8 @@ bytes that are not UTF-8 refused instead of folding into U+FFFD."""
 
 import pytest
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, START, body, books
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, START, body
+from tests.support import books
 
 MOVEMENT = {"currency": "USD", "amount": "1.00", "reference": "path-1"}
 # (method, path with {bad} in one segment, the field it names, JSON body)

@@ -16,22 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from conftest import (
-    CALLBACK_TOKEN,
-    FINISH,
-    START,
-    Wallet,
-    body,
-    books,
-    execute,
-    query,
-    start_postgres,
-    store_settings,
-)
-from live import Gunicorn, flask_cli, free_port
+from harness.live import Gunicorn, flask_cli, free_port
+from harness.samples import CALLBACK_TOKEN, FINISH, START, body, store_settings
+from tests.support import Wallet, books, execute, query, start_postgres
 from psycopg.conninfo import conninfo_to_dict
 
 import app as app_module
+import store
+from store import schema
 import db
 
 PASSWORD = "s3cret-wallet"
@@ -211,7 +203,7 @@ def test_an_instance_starting_beside_a_serving_one_takes_no_lock_on_its_tables(n
     try:
         first.deposit("p", "10.00")
         with psycopg.connect(url) as writer:  # a write in progress on every table
-            for table in db.TABLES:
+            for table in schema.TABLES:
                 writer.execute(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
             second = Gunicorn(url, name="second", log_dir=tmp_path, workers=2).start()
             writer.rollback()
@@ -228,19 +220,19 @@ def test_a_commit_that_postgresql_answers_with_rollback_is_not_a_success(new_pos
     """A statement that failed inside a transaction aborts it, and a COMMIT then answers
     ROLLBACK: the store must not take that for a commit, even if the failure was swallowed."""
     url = new_postgres_database()
-    store = db.open_store(url)
+    books = store.open_store(url)
     try:
-        store.create_schema()
-        with pytest.raises(db.DatabaseUnavailable, match="COMMIT answered ROLLBACK"):
-            with store.transaction():
-                store.execute("INSERT INTO currencies (currency, decimals) VALUES ('USD', 2)")
+        books.create_schema()
+        with pytest.raises(store.DatabaseUnavailable, match="COMMIT answered ROLLBACK"):
+            with books.transaction():
+                books.execute("INSERT INTO currencies (currency, decimals) VALUES ('USD', 2)")
                 with contextlib.suppress(psycopg.errors.DivisionByZero):
-                    store.execute("SELECT 1 / 0").fetchone()
-        assert not store.in_transaction()
-        with store.transaction():  # the connection serves on
-            store.execute("INSERT INTO currencies (currency, decimals) VALUES ('EUR', 2)")
+                    books.execute("SELECT 1 / 0").fetchone()
+        assert not books.in_transaction()
+        with books.transaction():  # the connection serves on
+            books.execute("INSERT INTO currencies (currency, decimals) VALUES ('EUR', 2)")
     finally:
-        store.close()
+        books.close()
     assert query(url, "SELECT currency FROM currencies") == [("EUR",)]
 
 
@@ -269,7 +261,7 @@ def copied(runner_app, target):
 
 
 def everything(target):
-    return {table: sorted(query(target, f"SELECT * FROM {table}")) for table in db.TABLES}
+    return {table: sorted(query(target, f"SELECT * FROM {table}")) for table in schema.TABLES}
 
 
 def test_wallet_copy_moves_the_books_to_postgresql_and_back(app_on, tmp_path, new_postgres_database):

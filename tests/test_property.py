@@ -14,7 +14,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 
 import app as app_module
 import db
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, Raw, body, books, dumps, store_settings
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, body, store_settings
+from tests.support import Raw, books, dumps
 
 PLAYERS = ("alice", "bob", "zoë")
 DECIMALS = {"USD": 2, "EUR": 2, "BTC": 8}

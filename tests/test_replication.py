@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from store import sqlite as sqlite_store
 import db
-from conftest import audit, books
-from live import play
+from harness.live import ROOT, Gunicorn, free_port, play
+from tests.support import audit, books
 
 CLIENTS = 8
 FUNDS = decimal.Decimal("100000.00")
@@ -239,7 +240,6 @@ def test_a_killed_master_takes_litestream_with_it(gunicorn, replica):
 
 
 def test_replication_refuses_a_postgresql_database_url(tmp_path, make_app, replica):
-    from live import Gunicorn
 
     _, url = replica
     code, log = Gunicorn(tmp_path / "pg.db", LITESTREAM_REPLICA_URL=url,
@@ -250,7 +250,6 @@ def test_replication_refuses_a_postgresql_database_url(tmp_path, make_app, repli
 
 
 def test_a_second_service_on_the_same_database_is_refused(gunicorn, tmp_path, replica):
-    from live import Gunicorn
 
     _, url = replica
     first = gunicorn("shared", workers=1, LITESTREAM_REPLICA_URL=url)
@@ -261,7 +260,6 @@ def test_a_second_service_on_the_same_database_is_refused(gunicorn, tmp_path, re
 
 
 def test_no_restore_next_to_a_left_over_wal(tmp_path, replica):
-    from live import Gunicorn
 
     _, url = replica
     (tmp_path / "lost.db-wal").write_bytes(b"frames of a database that is gone")
@@ -271,7 +269,6 @@ def test_no_restore_next_to_a_left_over_wal(tmp_path, replica):
 
 
 def test_preloading_the_app_is_refused(make_app, tmp_path, replica):
-    from live import Gunicorn
 
     _, url = replica
     database = make_app().config["DATABASE_PATH"]  # absent, the app itself would refuse first
@@ -303,7 +300,6 @@ def test_without_the_service_replication_is_failing(make_app, replica, tmp_path)
 
 
 def test_flask_run_says_it_does_not_replicate(make_app, replica, tmp_path):
-    from live import ROOT, free_port
 
     _, url = replica
     database = make_app().config["DATABASE_PATH"]  # created: `flask run` must not refuse
@@ -329,6 +325,6 @@ def test_with_replication_the_workers_leave_checkpoints_to_litestream(make_app, 
     _, url = replica
     plain = make_app()
     replicated = make_app(LITESTREAM_REPLICA_URL=url)
-    for app, pages in ((plain, 1000), (replicated, db.REPLICATED_AUTOCHECKPOINT_PAGES)):
+    for app, pages in ((plain, 1000), (replicated, sqlite_store.REPLICATED_AUTOCHECKPOINT_PAGES)):
         with app.app_context():
             assert db.get_db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages

@@ -5,7 +5,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 import app as app_module
 import db
-from conftest import execute
+from tests.support import execute
 
 
 def test_healthz_is_ok_after_a_database_round_trip(client):

@@ -14,9 +14,10 @@ import pytest
 
 import app as app_module
 import db
-import simulator
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, ENGINES, audit, books, module_gunicorn
-from live import ROOT, free_port
+from cli import simulator
+from harness.live import ROOT, free_port
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN
+from tests.support import ENGINES, audit, books, module_gunicorn
 
 GAME_LINE = re.compile(r"^(sim-\S+)\s+\S+\s+bet (\S+)\s+(win|lose|declined)\s+(?:x\S+\s+)?credit (\S+)", re.M)
 

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from werkzeug.routing import BaseConverter, Map
 
-from errors import ApiError
+from money.refusals import ApiError
 
 
 class NotUtf8:

@@ -62,7 +62,7 @@ class _Page:
 
 
 def _body(status, reason, exc):
-    import errors  # in the worker: the master imports none of the app (check_before_serving)
+    from web import errors  # in the worker: the master imports none of the app (check_before_serving)
 
     if status >= 500:
         return errors.error_body(*errors.UNEXPECTED)

@@ -3,7 +3,7 @@
 `Gunicorn(...)` starts `python -m gunicorn "app:create_app()"` in the repository root, as
 the Procfile does (so it reads gunicorn.conf.py), on a database file of the test's choosing,
 in its own process group (so a test can `kill()` the master and every worker at once, as a
-crash would) and waits for /healthz. Use it through the `gunicorn` fixture in conftest.py,
+crash would) and waits for /healthz. The tests use it through the `gunicorn` fixture in tests/conftest.py,
 which stops every server a test started.
 """
 
@@ -22,10 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import app as app_module
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, body, store_settings
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, body, store_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 20
@@ -43,6 +41,7 @@ def flask_cli(*args, **environment):
 
 
 def free_port():
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -86,14 +85,14 @@ class RawAnswer:
 
 
 def workers_of(pid):
-    """A gunicorn master's workers: its children but the replication supervisor (replication.py)."""
+    """A gunicorn master's workers: its children but the replication supervisor."""
     found = set()
     for child in children(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"replication.py" not in command:
+        if b"replication.supervisor" not in command:
             found.add(child)
     return found
 
@@ -141,7 +140,7 @@ class Gunicorn:
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             try:
                 status, _ = self.request("GET", "/healthz", timeout=2)
             except (OSError, http.client.HTTPException):
@@ -152,7 +151,7 @@ class Gunicorn:
                     self.access_log.write_text("")  # count only the test's own requests
                     return self
             time.sleep(0.05)
-        pytest.fail(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{self.log()}")
+        raise RuntimeError(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{self.log()}")
 
     def refused(self):
         """Start it expecting gunicorn to refuse: its exit status and log (fails the test if it serves)."""
@@ -164,7 +163,7 @@ class Gunicorn:
             self.process.wait(timeout=STARTUP_SECONDS)
         except subprocess.TimeoutExpired:
             self.kill()
-            pytest.fail(f"gunicorn started instead of refusing:\n{self.log()}")
+            raise RuntimeError(f"gunicorn started instead of refusing:\n{self.log()}")
         return self.process.returncode, self.log()
 
     def stop(self):

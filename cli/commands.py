@@ -19,12 +19,15 @@ from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-import books
 import db
 import replication
 import schemas
+import store
 import wallet
-from errors import ApiError
+from money import books
+from money.refusals import ApiError
+from money.views import player_wallets, wallet_view
+from store.copy import copy_books
 
 
 class _Text(click.ParamType):
@@ -51,6 +54,8 @@ class _WalletGroup(AppGroup):
             return super().invoke(ctx)
         except db.DatabaseUnavailable as exc:
             raise click.ClickException(f"the database is unavailable: {exc}") from None
+        except store.ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 wallet_cli = _WalletGroup(
@@ -104,9 +109,9 @@ def balance(player, currency):
     """Show PLAYER's wallet in CURRENCY, or in every currency."""
     _identifiers(player_id=player, currency=currency)
     if currency is None:
-        _echo({"player_id": player, "balances": wallet.player_wallets(db.get_db(), player)})
+        _echo({"player_id": player, "balances": player_wallets(db.get_db(), player)})
         return
-    view = wallet.wallet_view(db.get_db(), player, currency)
+    view = wallet_view(db.get_db(), player, currency)
     if view is None:
         raise click.ClickException(f"player {player!r} has no {currency} wallet")
     _echo(view)
@@ -288,15 +293,15 @@ def copy(target):
     and the target reconciled. Exit 3 if anything differs.
     """
     source = db.get_db()
-    if not db.is_database_url(target) and os.path.exists(target):
+    if not store.is_database_url(target) and os.path.exists(target):
         raise click.ClickException(f"{target} exists; copy into a new SQLite file or an empty PostgreSQL database")
     try:
-        destination = db.open_store(target)
+        destination = store.open_store(target)
     except db.DatabaseUnavailable as exc:
-        raise click.ClickException(f"cannot reach {target if not db.is_database_url(target) else 'the target'}: {exc}") from None
+        raise click.ClickException(f"cannot reach {target if not store.is_database_url(target) else 'the target'}: {exc}") from None
     try:
         with source.snapshot():
-            copied = db.copy_books(source, destination, _progress("copying"))
+            copied = copy_books(source, destination, _progress("copying"))
             expected = books.summary(source)
         with destination.snapshot():
             found = books.summary(destination)

@@ -1,4 +1,4 @@
-"""The PostgreSQL store (`DATABASE_URL`): what PostgreSQL does differently, behind db.Store.
+"""The PostgreSQL store (`DATABASE_URL`): what PostgreSQL does differently, behind store.base.Store.
 
 Loaded only when DATABASE_URL is set, so a SQLite deployment never imports psycopg.
 - Connecting: psycopg 3 in autocommit mode (transactions are begun explicitly), with
@@ -6,7 +6,7 @@ Loaded only when DATABASE_URL is set, so a SQLite deployment never imports psyco
 - Locking: READ COMMITTED plus an advisory lock on the key a transaction works on (a game
   id, a deposit's reference): two instances settling the same game take turns, and every
   balance change is a conditional UPDATE that PostgreSQL re-checks on the row it locked.
-- DDL: the schema of db.TABLES as PostgreSQL types; text sorts bytewise (COLLATE "C") as in
+- DDL: the schema of store.schema.TABLES as PostgreSQL types; text sorts bytewise (COLLATE "C") as in
   SQLite, so paging cursors and the reconciliation's ordered walk mean the same on both.
 - Placeholders: the SQL is written with `?`; psycopg wants `%s` (see _Statement).
 """
@@ -27,7 +27,10 @@ import psycopg  # noqa: E402
 import psycopg.errors  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict  # noqa: E402
 
-import db  # noqa: E402
+from store.base import ConfigurationError, DatabaseUnavailable, Store  # noqa: E402
+from store.copy import copy_books  # noqa: E402
+from store.schema import INDEXES, REPLACED_INDEXES, TABLES, index_name, index_statements  # noqa: E402
+from store.sqlite import SQLiteStore  # noqa: E402
 
 # Set only where the URL does not say otherwise.
 CONNECT_DEFAULTS = {
@@ -60,7 +63,7 @@ def describe(url):
     try:
         info = conninfo_to_dict(url)
     except psycopg.Error as error:
-        raise db.StartupError(f"DATABASE_URL is not a valid PostgreSQL URL: {_one_line(error)}") from None
+        raise ConfigurationError(f"DATABASE_URL is not a valid PostgreSQL URL: {_one_line(error)}") from None
     host = info.get("host") or info.get("hostaddr") or "the default socket"
     port = info.get("port") or "5432"
     return f"PostgreSQL database {info.get('dbname') or info.get('user') or '(default)'!r} on {host} port {port}"
@@ -117,7 +120,7 @@ def _one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
-class PostgresStore(db.Store):
+class PostgresStore(Store):
     def __init__(self, url):
         super().__init__()
         self.label = describe(url)
@@ -151,7 +154,7 @@ class PostgresStore(db.Store):
         # A statement past its timeout (a lock held long by another transaction) is that
         # statement's; the database itself answered.
         away = not isinstance(error, psycopg.errors.QueryCanceled)
-        return db.DatabaseUnavailable(f"PostgreSQL: {_one_line(error)}", away=away)
+        return DatabaseUnavailable(f"PostgreSQL: {_one_line(error)}", away=away)
 
     def execute(self, sql, params=()):
         statement = _statements.get(sql)
@@ -224,7 +227,7 @@ class PostgresStore(db.Store):
         if result.command_status != command:
             # A COMMIT of a transaction a failed statement aborted answers ROLLBACK: nothing
             # was written (only if an error inside the block was swallowed, which none is).
-            raise db.DatabaseUnavailable(f"PostgreSQL: {command.decode()} answered {result.command_status.decode()}",
+            raise DatabaseUnavailable(f"PostgreSQL: {command.decode()} answered {result.command_status.decode()}",
                                          away=False)
 
     def lock(self, kind, key):
@@ -264,18 +267,27 @@ class PostgresStore(db.Store):
     def close(self):
         self.discard()
 
+    def backup(self, path):
+        """Copy the books, as one snapshot, into a new SQLite file the service can open."""
+        target = SQLiteStore(path)
+        try:
+            with self.snapshot():
+                copy_books(self, target)
+        finally:
+            target.close()
+
     def table_names(self):
         return [row[0] for row in self.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
 
     def _missing(self):
         tables = set(self.table_names())
         indexes = {row[0] for row in self.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
-        return ([name for name in db.TABLES if name not in tables],
-                [index for index in db.INDEXES if db.index_name(*index[:2], index[3]) not in indexes],
-                [name for name in db.REPLACED_INDEXES if name in indexes])
+        return ([name for name in TABLES if name not in tables],
+                [index for index in INDEXES if index_name(*index[:2], index[3]) not in indexes],
+                [name for name in REPLACED_INDEXES if name in indexes])
 
     def create_schema(self):
-        """Create what is missing (and drop db.REPLACED_INDEXES), under an advisory lock so
+        """Create what is missing (and drop REPLACED_INDEXES), under an advisory lock so
         instances booting together take turns; when nothing is missing no DDL runs at all, so
         an instance starting beside an older one that is serving takes no lock on its tables."""
         if not any(self._missing()):
@@ -284,12 +296,12 @@ class PostgresStore(db.Store):
             self.execute("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK])
             tables, indexes, replaced = self._missing()  # another instance may have made them meanwhile
             for name in tables:
-                self.execute(_table_ddl(name, db.TABLES[name]))
-            for statement in db.index_statements(indexes, replaced):
+                self.execute(_table_ddl(name, TABLES[name]))
+            for statement in index_statements(indexes, replaced):
                 self.execute(statement)
 
     def after_bulk_load(self):
-        for name, table in db.TABLES.items():
+        for name, table in TABLES.items():
             if table["pk"] == "id":
                 self.execute(
                     f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), coalesce(max(id), 0) + 1, false) FROM {name}"

@@ -1,6 +1,7 @@
 """Reading the books: paged history (games, ledger, callbacks) and the reconciliation.
 
-Nothing here writes; every money rule it checks comes from wallet.py.
+Nothing here writes. Amounts are shown and checked with money/units.py, the same arithmetic
+the rules (wallet.py) settle with.
 """
 
 import base64
@@ -9,10 +10,11 @@ import decimal
 import itertools
 import json
 
-from db import COMMON, TABLES, uncommon
-from errors import ApiError
+from money.refusals import ApiError
+from money.units import iso, to_text, win_credit
+from money.views import game_view
 from schemas import storable
-from wallet import game_view, iso, to_text, win_credit
+from store.schema import COMMON, TABLES, uncommon
 
 
 def encode_cursor(*key):
@@ -36,8 +38,8 @@ def decode_cursor(cursor, types):
         raise ApiError(400, "validation_error", "Invalid cursor.", {"cursor": ["Invalid cursor."]}) from None
 
 
-def _page(rows, limit, key, view):
-    items = [view(row) for row in rows[:limit]]
+def _page(db, rows, limit, key, view):
+    items = [view(db, row) for row in rows[:limit]]
     next_cursor = encode_cursor(*key(rows[limit - 1])) if len(rows) > limit else None
     return items, next_cursor
 
@@ -58,19 +60,19 @@ def list_games(db, player_id=None, status=None, since=None, limit=50, cursor=Non
         params += [started_at, started_at, game_id]
     sql = "SELECT * FROM games" + (" WHERE " + " AND ".join(where) if where else "")
     rows = db.execute(sql + " ORDER BY started_at DESC, game_id DESC LIMIT ?", [*params, limit + 1]).fetchall()
-    games, next_cursor = _page(rows, limit, lambda row: (row["started_at"], row["game_id"]), game_view)
+    games, next_cursor = _page(db, rows, limit, lambda row: (row["started_at"], row["game_id"]), game_view)
     return {"games": games, "next_cursor": next_cursor}
 
 
-def ledger_view(row):
+def ledger_view(db, row):
     """A ledger row as the API shows it."""
     return {
         "id": row["id"],
         "player_id": row["player_id"],
         "currency": row["currency"],
         "kind": row["kind"],
-        "amount": to_text(row["amount"], row["currency"]),
-        "balance_after": to_text(row["balance_after"], row["currency"]),
+        "amount": to_text(db, row["amount"], row["currency"]),
+        "balance_after": to_text(db, row["balance_after"], row["currency"]),
         "game_id": row["game_id"],
         "reference": row["reference"],
         "created_at": iso(row["created_at"]),
@@ -94,11 +96,11 @@ def list_ledger(db, player_id, currency=None, limit=50, cursor=None):
     rows = db.execute(
         f"{LEDGER_SQL} WHERE {' AND '.join(where)} ORDER BY l.id DESC LIMIT ?", [*params, limit + 1]
     ).fetchall()
-    entries, next_cursor = _page(rows, limit, lambda row: (row["id"],), ledger_view)
+    entries, next_cursor = _page(db, rows, limit, lambda row: (row["id"],), ledger_view)
     return {"entries": entries, "next_cursor": next_cursor}
 
 
-def callback_view(row):
+def callback_view(db, row):
     """An audit row as the API shows it, with the raw body as text."""
     body = row["body"]
     return {
@@ -124,13 +126,13 @@ def list_callbacks(db, outcome=None, type=None, game_id=None, limit=50, cursor=N
             where.append(f"{column} = ?")
             params.append(value)
             if column in COMMON and value not in COMMON[column]:
-                where.append(uncommon(column))  # so that its partial index is used (db.py)
+                where.append(uncommon(column))  # so that its partial index is used (store/schema.py)
     if cursor is not None:
         where.append("id < ?")
         params.append(decode_cursor(cursor, (int,))[0])
     sql = "SELECT * FROM callbacks" + (" WHERE " + " AND ".join(where) if where else "")
     rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1]).fetchall()
-    items, next_cursor = _page(rows, limit, lambda row: (row["id"],), callback_view)
+    items, next_cursor = _page(db, rows, limit, lambda row: (row["id"],), callback_view)
     return {"callbacks": items, "next_cursor": next_cursor}
 
 
@@ -142,9 +144,9 @@ def game_detail(db, game_id):
     ledger = db.execute(f"{LEDGER_SQL} WHERE l.game_id = ? ORDER BY l.id", [game_id]).fetchall()
     audit = db.execute("SELECT * FROM callbacks WHERE game_id = ? ORDER BY id", [game_id]).fetchall()
     return {
-        **game_view(game),
-        "ledger": [ledger_view(row) for row in ledger],
-        "callbacks": [callback_view(row) for row in audit],
+        **game_view(db, game),
+        "ledger": [ledger_view(db, row) for row in ledger],
+        "callbacks": [callback_view(db, row) for row in audit],
     }
 
 
@@ -160,14 +162,15 @@ TOTALS = {"deposit": "deposited", "withdrawal": "withdrawn", "bet": "staked", "p
 SPLIT = 2**32
 
 
-def exact_sum(column):
-    """SQL for two columns whose `total()` is the exact sum of a 64-bit integer column."""
-    return f"sum({column} / {SPLIT}), sum({column} % {SPLIT})"
+def exact_sum(column, name="total"):
+    """SQL for two columns, `<name>_high` and `<name>_low`, whose `total()` is the exact sum
+    of a 64-bit integer column."""
+    return f"sum({column} / {SPLIT}) AS {name}_high, sum({column} % {SPLIT}) AS {name}_low"
 
 
-def total(high, low):
-    """The exact sum from exact_sum's two partial sums (None when there were no rows)."""
-    return int(high or 0) * SPLIT + int(low or 0)
+def total(row, name="total"):
+    """The exact sum from exact_sum's two partial sums in `row` (0 when there were no rows)."""
+    return int(row[f"{name}_high"] or 0) * SPLIT + int(row[f"{name}_low"] or 0)
 
 
 def reconcile(db):
@@ -191,12 +194,12 @@ def _reconcile(db):
         "FROM wallets w LEFT JOIN ledger l ON l.wallet_id = w.id GROUP BY w.id ORDER BY w.id"
     ):
         wallets += 1
-        name = f"wallet {w[1]}/{w[2]}"
-        ledger_sum = total(w[4], w[5])
-        if w[3] != ledger_sum:
-            problems.append(f"{name}: balance {w[3]} != ledger sum {ledger_sum} (minor units)")
-        if w[3] < 0:
-            problems.append(f"{name}: negative balance {w[3]}")
+        name, balance = f"wallet {w['player_id']}/{w['currency']}", w["balance"]
+        ledger_sum = total(w)
+        if balance != ledger_sum:
+            problems.append(f"{name}: balance {balance} != ledger sum {ledger_sum} (minor units)")
+        if balance < 0:
+            problems.append(f"{name}: negative balance {balance}")
 
     # Walk games and the ledger's game rows side by side, both in game_id order: constant
     # memory however long the history.
@@ -234,20 +237,21 @@ def _reconcile(db):
         problems.append(f"{row['n']} {row['kind']} ledger row(s) without their game id or reference")
 
     totals = collections.defaultdict(lambda: {label: 0 for label in TOTALS.values()})
-    for currency, kind, high, low in db.execute(
+    for row in db.execute(
         f"SELECT w.currency, l.kind, {exact_sum('l.amount')} FROM ledger l JOIN wallets w ON w.id = l.wallet_id "
         "GROUP BY w.currency, l.kind"
     ).fetchall():
+        currency, kind = row["currency"], row["kind"]
         if kind not in TOTALS:
             problems.append(f"ledger rows of unknown kind {kind!r}")
             continue
-        totals[currency][TOTALS[kind]] += abs(total(high, low))
+        totals[currency][TOTALS[kind]] += abs(total(row))
     return {
         "ok": not problems,
         "wallets": wallets,
         "games": dict(sorted(games_by_status.items())),
         "totals": {
-            currency: {label: to_text(amount, currency, db) for label, amount in sums.items()}
+            currency: {label: to_text(db, amount, currency) for label, amount in sums.items()}
             for currency, sums in sorted(totals.items())
         },
         "discrepancies": problems,
@@ -258,10 +262,10 @@ def summary(db):
     """Row counts of every table and, per currency, the exact sums of the wallets' balances
     and of their ledger rows: what must be equal on both sides of a copy. Read it inside
     `db.snapshot()` (the copy's own, on the source)."""
-    rows = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES}
-    balances = {currency: total(high, low) for currency, high, low in db.execute(
+    rows = {table: db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] for table in TABLES}
+    balances = {row["currency"]: total(row) for row in db.execute(
         f"SELECT currency, {exact_sum('balance')} FROM wallets GROUP BY currency ORDER BY currency")}
-    ledger = {currency: total(high, low) for currency, high, low in db.execute(
+    ledger = {row["currency"]: total(row) for row in db.execute(
         f"SELECT w.currency, {exact_sum('l.amount')} FROM ledger l JOIN wallets w ON w.id = l.wallet_id "
         "GROUP BY w.currency ORDER BY w.currency")}
     return {"rows": rows, "balances": balances, "ledger": ledger}

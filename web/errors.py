@@ -5,30 +5,10 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-UNEXPECTED = ("internal_error", "An unexpected error occurred.")  # every 500: no detail leaks
-
 import db
+from money.refusals import ApiError, error_body
 
-
-class ApiError(Exception):
-    """A refusal with an HTTP status and a stable machine-readable code."""
-
-    def __init__(self, status, code, message, fields=None, headers=None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields
-        self.headers = headers or {}
-
-    @property
-    def body(self):
-        return error_body(self.code, self.message, self.fields)
-
-
-def error_body(code, message, fields=None):
-    """Build the error body every refusal uses."""
-    body = {"error": code, "message": message}
-    if fields is not None:
-        body["fields"] = fields
-    return body
+UNEXPECTED = ("internal_error", "An unexpected error occurred.")  # every 500: no detail leaks
 
 
 def error_response(status, code, message, fields=None):

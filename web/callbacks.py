@@ -9,12 +9,13 @@ import time
 
 from flask import Blueprint, Response, current_app, g, request
 
-import bodies
 import db
 import schemas
 import wallet
 from db import DatabaseUnavailable, get_db
-from errors import ApiError
+from money.refusals import ApiError
+from money.units import now_ms
+from web import bodies
 
 bp = Blueprint("callbacks", __name__)
 
@@ -65,7 +66,7 @@ def callback(token):
     state = g._get_current_object()  # the request's g, read and written here without its proxy
     state.started = started = time.perf_counter()
     _authorise(token)
-    state.audit = audit = {"received_at": wallet.now_ms(), "started": started}
+    state.audit = audit = {"received_at": now_ms(), "started": started}
     audit["body"] = raw = bodies.read_body()  # a body refused (413, 400) is audited without it
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the callback as Content-Type: application/json.")

@@ -10,7 +10,8 @@ as if it were the whole body; nothing here relies on it.
 from flask import current_app, request
 from werkzeug.wsgi import get_input_stream
 
-from errors import ApiError, code_for_status
+from money.refusals import ApiError
+from web.errors import code_for_status
 
 READ_SIZE = 16 * 1024
 

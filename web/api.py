@@ -4,12 +4,13 @@ import hmac
 
 from flask import Blueprint, current_app, jsonify, request
 
-import bodies
-import books
 import schemas
 import wallet
 from db import get_db
-from errors import ApiError
+from money import books
+from money.refusals import ApiError
+from money.views import player_wallets, wallet_view
+from web import bodies
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -59,13 +60,13 @@ def withdraw(player_id):
 @bp.get("/players/<player_id>/balances")
 def balances(player_id):
     """List a player's wallets in every currency."""
-    return jsonify({"player_id": player_id, "balances": wallet.player_wallets(get_db(), player_id)})
+    return jsonify({"player_id": player_id, "balances": player_wallets(get_db(), player_id)})
 
 
 @bp.get("/players/<player_id>/balances/<currency>")
 def balance(player_id, currency):
     """Show one wallet; 404 if the player has none in that currency."""
-    view = wallet.wallet_view(get_db(), player_id, currency)
+    view = wallet_view(get_db(), player_id, currency)
     if view is None:
         raise ApiError(404, "not_found", f"Player {player_id!r} has no {currency} wallet.")
     return jsonify(view)

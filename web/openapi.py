@@ -17,7 +17,7 @@ from marshmallow import Schema, fields
 import schemas
 
 bp = Blueprint("openapi", __name__)
-EXAMPLES = Path(__file__).resolve().parent / "examples"  # the provider's callbacks, as the README shows them
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the provider's callbacks, as the README shows them
 
 Money = fields.String  # amounts are answered as decimal strings, e.g. "11.50"
 

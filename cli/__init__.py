@@ -1,0 +1,1 @@
+"""The command line: `flask --app app wallet ...` (commands.py) and `flask --app app simulate` (simulator.py)."""
