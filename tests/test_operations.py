@@ -449,16 +449,23 @@ def test_backup_taken_during_writes_opens_and_reconciles(gunicorn, make_app, tmp
                             body(FINISH, **{"game.id": game_id, "session.playerId": "busy-player"})):
                 statuses[server.callback(payload)[0]] += 1
 
+    def more_games(count=30):
+        """Wait until `count` more callbacks were answered: progress, however slow the machine."""
+        target, deadline = sum(statuses.values()) + count, time.monotonic() + 60
+        while sum(statuses.values()) < target:
+            assert time.monotonic() < deadline and all(t.is_alive() for t in playing), "the games stopped"
+            time.sleep(0.01)
+
     playing = [threading.Thread(target=play) for _ in range(3)]  # the same games thrice: duplicates too
     for thread in playing:
         thread.start()
-    time.sleep(0.2)
+    more_games()
     app = make_app(database=server.database)
     copies = [tmp_path / f"backup-{n}.db" for n in range(3)]
     for copy in copies:
         result = app.test_cli_runner().invoke(args=["wallet", "backup", str(copy)])
         assert result.exit_code == 0, result.output
-        time.sleep(0.1)  # games go on between copies, and after the last
+        more_games()  # games go on between copies, and after the last
     stop.set()
     for thread in playing:
         thread.join()
