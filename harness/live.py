@@ -337,9 +337,29 @@ class Game:
         return int((self.bet * self.payout).quantize(decimal.Decimal("0.01"), decimal.ROUND_HALF_EVEN) * 100)
 
 
-def play(server, client, prefix="c"):
+class Progress:
+    """Counts the answers provider clients get, so that a drill waits for enough traffic
+    instead of sleeping for a time a slow machine may not fill."""
+
+    def __init__(self):
+        self._count, self.answered = itertools.count(1), 0
+
+    def tick(self):
+        self.answered = next(self._count)  # next() on a count is atomic: clients share it
+
+    def wait(self, more, timeout=60):
+        """Wait until `more` answers came after this call (at most `timeout` seconds)."""
+        target, deadline = self.answered + more, time.monotonic() + timeout
+        while self.answered < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {self.answered} answers, {target} awaited, after {timeout} s")
+            time.sleep(0.01)
+
+
+def play(server, client, prefix="c", progress=None):
     """One provider connection: games one after another until the server stops answering
-    (its first request without an answer ends it); returns the games."""
+    (its first request without an answer ends it); returns the games. `progress` (a Progress)
+    counts the answers."""
     rng = random.Random(client)
     games = []
     for n in range(10**6):
@@ -352,4 +372,6 @@ def play(server, client, prefix="c"):
                 game.answers[kind] = None  # sent (or attempted) but never answered
                 return games
             game.answered_at[kind] = time.time()
+            if progress is not None:
+                progress.tick()
     return games

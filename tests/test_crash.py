@@ -9,14 +9,13 @@ retry of every callback of the run changes nothing already applied; the books re
 
 import collections
 import decimal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-from harness.live import play
+from harness.live import Progress, play
 from tests.support import audit, books, query
 
 CLIENTS = 12
-TRAFFIC_SECONDS = 1.5
+TRAFFIC = 200  # answers before the kill
 FUNDS = decimal.Decimal("100000.00")  # enough that no start is declined
 def ledger_rows(database):
     return query(database, "SELECT id, wallet_id, amount, kind, game_id FROM ledger")
@@ -29,8 +28,9 @@ def test_a_killed_server_loses_nothing_answered_and_applies_nothing_twice(gunico
         server.deposit(f"player-{player}", str(FUNDS))
 
     with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        runs = [pool.submit(play, server, client) for client in range(CLIENTS)]
-        time.sleep(TRAFFIC_SECONDS)
+        progress = Progress()
+        runs = [pool.submit(play, server, client, "c", progress) for client in range(CLIENTS)]
+        progress.wait(TRAFFIC)
         server.kill()  # master and workers, SIGKILL, mid-request
         games = [game for run in runs for game in run.result()]
 

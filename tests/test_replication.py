@@ -26,7 +26,7 @@ import pytest
 
 from store import sqlite as sqlite_store
 import db
-from harness.live import ROOT, Gunicorn, free_port, play
+from harness.live import ROOT, Gunicorn, Progress, free_port, play
 from tests.support import audit, books
 
 CLIENTS = 8
@@ -108,10 +108,11 @@ def test_restore_drill(gunicorn, make_app, replica, tmp_path):
         server.deposit(f"player-{player}", str(FUNDS))
 
     with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        runs = [pool.submit(play, server, client, "drill-c") for client in range(CLIENTS)]
-        time.sleep(0.5)
+        progress = Progress()
+        runs = [pool.submit(play, server, client, "drill-c", progress) for client in range(CLIENTS)]
+        progress.wait(200)
         sync = synced_after(server, time.time())  # one sync while the games go on
-        time.sleep(0.3)  # more answers that this sync cannot hold
+        progress.wait(50)  # more answers that this sync cannot hold
         pids = status_file(server)
         supervisor, litestream = pids["supervisor_pid"], pids["litestream_pid"]
         server.kill()  # SIGKILL the whole process group: the master, the workers, the supervisor
