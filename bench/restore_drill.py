@@ -24,14 +24,10 @@ missing, or books that do not balance).
 
 import argparse
 import contextlib
-import datetime
 import http.client
-import importlib.util
-import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import statistics
 import sys
@@ -40,12 +36,13 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_callbacks", HERE / "callbacks.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)  # its Server, environment and helpers; not its main()
-
-log = bench.log
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: bench.*, harness, store
+from bench.checks import reconcile  # noqa: E402
+from bench.clients import FINISH, START, WIN_PAYOUT  # noqa: E402
+from bench.report import log  # noqa: E402
+from bench.rounds import DEPOSIT  # noqa: E402
+from bench.servers import STARTUP_SECONDS, Server, last_sync  # noqa: E402
+from harness.samples import CALLBACK_TOKEN  # noqa: E402
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -55,7 +52,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def client(port, number, stop, answers):
     """Play games until `stop` is set or the server stops answering; record each answer's time."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    path = f"/callback/{bench.CALLBACK_TOKEN}"
+    path = f"/callback/{CALLBACK_TOKEN}"
     headers = {"Content-Type": "application/json"}
     player = f"drill-{number % 4}"
     for sequence in range(10**9):
@@ -64,9 +61,9 @@ def client(port, number, stop, answers):
         game = f"{int(time.time()):08x}{number:04x}{sequence:012x}"
         won = sequence % 2 == 0
         for kind, body in (
-            ("start", bench.START % (f"s{number}", player, game, int(time.time()))),
-            ("finish", bench.FINISH % (f"s{number}", player, game, "win" if won else "lose",
-                                       bench.WIN_PAYOUT if won else 0, 1 if won else -1, int(time.time() * 1000))),
+            ("start", START % (f"s{number}", player, game, int(time.time()))),
+            ("finish", FINISH % (f"s{number}", player, game, "win" if won else "lose",
+                                 WIN_PAYOUT if won else 0, 1 if won else -1, int(time.time() * 1000))),
         ):
             try:
                 conn.request("POST", path, body=body.encode(), headers=headers)
@@ -78,55 +75,43 @@ def client(port, number, stop, answers):
                 answers.append((time.time(), kind, game))
 
 
-def healthz(port):
-    with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
-        status, raw = bench.request("GET", port, "/healthz")
-        return json.loads(raw)
-    return {}
-
-
-def seconds(text):
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def drill(args, number, workdir):
     """One drill; returns its figures."""
     folder = Path(workdir) / f"drill-{number}"
     folder.mkdir()
     database = folder / "wallet.db"
     replica = (folder / "replica").as_uri()
-    # the bench's service settings: its tokens, SQLITE_SYNCHRONOUS, LOG_LEVEL, WEB_CONCURRENCY
+    # the bench's service settings: SQLITE_SYNCHRONOUS, LOG_LEVEL and the workers
     service = argparse.Namespace(workers=args.workers, synchronous=args.synchronous, log_level=args.log_level,
                                  gunicorn_arg=[])
-    env = bench.service_env(service, {"DATABASE_PATH": str(database)})
-    env["LITESTREAM_REPLICA_URL"] = replica
 
     def serve(name):
-        server = bench.Server(env, bench.APPS["project"], folder, service, f"drill-{number + 1}-{name}")
-        if not server.wait_ready():
+        server = Server(database, "project", service, f"drill-{number + 1}-{name}", folder,
+                        LITESTREAM_REPLICA_URL=replica).launch()
+        try:
+            server.ready(STARTUP_SECONDS)
+        except RuntimeError:
             server.stop()
-            raise SystemExit(f"drill {number + 1}: gunicorn did not start ({name}); its log: {server.log_path}")
+            raise SystemExit(f"drill {number + 1}: gunicorn did not start ({name}); its log: {server.error_log}")
         return server, server.port
 
     server, port = serve("first")
     for player in range(4):
-        status, answer = bench.admin("POST", port, f"/api/players/drill-{player}/deposits",
-                                     {"currency": "USD", "amount": bench.DEPOSIT, "reference": f"fund-{player}"})
+        status, answer = server.admin("POST", f"/api/players/drill-{player}/deposits",
+                                      {"currency": "USD", "amount": DEPOSIT, "reference": f"fund-{player}"})
         assert status == 201, (status, answer)
     stop, answers = threading.Event(), []
     threads = [threading.Thread(target=client, args=(port, n, stop, answers)) for n in range(args.connections)]
     for thread in threads:
         thread.start()
     kill_at = time.monotonic() + random.uniform(args.traffic_min, args.traffic_max)
-    last_sync = None
+    synced = None
     while time.monotonic() < kill_at:  # the last sync /healthz reports before the loss
-        reported = healthz(port).get("replication_last_sync")
-        last_sync = seconds(reported) if reported else last_sync
+        reported = server.healthz().get("replication_last_sync")
+        synced = last_sync(reported) if reported else synced
         time.sleep(0.02)
     killed = time.time()
-    os.killpg(server.process.pid, signal.SIGKILL)  # the machine is gone: master, workers, Litestream
-    server.process.wait()
-    server.log_file.close()
+    server.kill()  # the machine is gone: master, workers, Litestream
     stop.set()
     for thread in threads:
         thread.join()
@@ -136,24 +121,24 @@ def drill(args, number, workdir):
 
     server, port = serve("after-loss")  # the new machine: restores before serving
     try:
-        restored = "replication: restored " in server.log_path.read_text(errors="replace")
+        restored = "replication: restored " in server.log()
         with contextlib.closing(sqlite3.connect(database)) as conn:
             present = set(conn.execute("SELECT type, game_id FROM callbacks WHERE outcome = 'accepted'"))
     finally:
         server.stop()
-    books = bench.reconcile(dict(env, DATABASE_PATH=str(database)))
+    books = reconcile(service, str(database))
     missing = [(at, kind, game) for at, kind, game in answers if (kind, game) not in present]
-    broken = [entry for entry in missing if last_sync is not None and entry[0] < last_sync]
+    broken = [entry for entry in missing if synced is not None and entry[0] < synced]
     window = killed - min(at for at, _, _ in missing) if missing else 0.0
     result = {
         "answered": len(answers), "missing": len(missing), "window": window, "restored": restored,
         "rate": len(answers) / max(killed - min((at for at, _, _ in answers), default=killed), 1e-9),
-        "sync_age": None if last_sync is None else killed - last_sync,
+        "sync_age": None if synced is None else killed - synced,
         "broken": len(broken), "books": books,
     }
     log(f"drill {number + 1}: {result['answered']:,} callbacks answered ({result['rate']:,.0f}/s), "
         f"{result['missing']:,} missing after the restore, loss window {window * 1000:,.0f} ms; "
-        + ("no sync reported before the kill" if last_sync is None else
+        + ("no sync reported before the kill" if synced is None else
            f"last sync reported {result['sync_age'] * 1000:,.0f} ms before the kill")
         + f"; restored: {'yes' if restored else 'NO'}; missing before that sync: {len(broken)}; "
         f"books {'balance' if books else 'DO NOT BALANCE'}")

@@ -1,4 +1,4 @@
-"""A real gunicorn serving the app, for the tests where separate processes matter.
+"""A real gunicorn serving the app, for the tests where separate processes matter and for bench/.
 
 `Gunicorn(...)` starts `python -m gunicorn "app:create_app()"` in the repository root, as
 the Procfile does (so it reads gunicorn.conf.py), on a database file of the test's choosing,
@@ -31,13 +31,14 @@ REQUEST_TIMEOUT = 30
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def flask_cli(*args, **environment):
+def flask_cli(*args, timeout=60, **environment):
     """Run `flask --app app ARGS` as an operator would: a process of its own, in the repository
-    root, with the machine's environment less the service's settings plus `environment`."""
+    root, with the machine's environment less the service's settings plus `environment`
+    (`timeout` seconds at most; None: as long as it takes)."""
     env = {key: value for key, value in os.environ.items() if key not in app_module.ENVIRONMENT}
     env.update(environment)
     return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def free_port():
@@ -98,14 +99,19 @@ def workers_of(pid):
 
 
 class Gunicorn:
-    """One gunicorn on `database`: start it, talk to it, stop it or kill it outright."""
+    """One gunicorn on `database`: start it, talk to it, stop it or kill it outright.
 
-    def __init__(self, database, name="wallet", workers=2, currency_decimals="USD=2", log_dir=None, **env):
+    `app` is what it serves (bench/ serves its reference wallet too), `options` more gunicorn
+    arguments; `access_log=False` logs no line per request (the benchmark's figures)."""
+
+    def __init__(self, database, name="wallet", workers=2, currency_decimals="USD=2", log_dir=None,
+                 app="app:create_app()", options=(), access_log=True, **env):
         self.database = str(database)  # a PostgreSQL URL or a SQLite file path
         self.workers_wanted = workers
+        self.app, self.options = app, list(options)
         log_dir = Path(log_dir or Path(self.database).parent)
         self.error_log = log_dir / f"{name}-gunicorn.log"
-        self.access_log = log_dir / f"{name}-access.log"
+        self.access_log = log_dir / f"{name}-access.log" if access_log else None
         self.env = {key: value for key, value in os.environ.items()
                     if key not in app_module.ENVIRONMENT + ("GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")}
         self.env.update(store_settings(self.database), CALLBACK_TOKEN=CALLBACK_TOKEN,
@@ -119,25 +125,33 @@ class Gunicorn:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self):
-        return [
+        command = [
             sys.executable, "-m", "gunicorn",
             "--workers", str(self.workers_wanted),
             "--bind", f"127.0.0.1:{self.port}",
             "--no-control-socket",  # not the shared ~/.gunicorn/gunicorn.ctl of other servers
-            # %(p)s is the id of the worker that served the request.
-            "--access-logfile", str(self.access_log),
-            "--access-logformat", "%(p)s %(s)s %(m)s %(U)s",
-            "app:create_app()",
         ]
+        if self.access_log:
+            # %(p)s is the id of the worker that served the request.
+            command += ["--access-logfile", str(self.access_log), "--access-logformat", "%(p)s %(s)s %(m)s %(U)s"]
+        return command + [*self.options, self.app]
+
+    def launch(self):
+        """Start gunicorn on a free port, in a process group of its own, without waiting for it."""
+        self.port = free_port()
+        with open(self.error_log, "ab") as log:
+            self.process = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log, start_new_session=True)
+        return self
 
     def start(self):
         """Start on a free port and wait until every worker is up; fail the test with the log if not."""
-        self.port = free_port()
-        command = self.command()
-        with open(self.error_log, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + STARTUP_SECONDS
+        return self.launch().ready()
+
+    def ready(self, timeout=STARTUP_SECONDS):
+        """Wait until the launched server answers /healthz with every worker up (RuntimeError, with
+        its log, if it exits or does not within `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
@@ -148,17 +162,15 @@ class Gunicorn:
             if status == 200:
                 self.workers = workers_of(self.process.pid)
                 if len(self.workers) == self.workers_wanted:
-                    self.access_log.write_text("")  # count only the test's own requests
+                    if self.access_log:
+                        self.access_log.write_text("")  # count only the test's own requests
                     return self
             time.sleep(0.05)
-        raise RuntimeError(f"gunicorn did not answer /healthz within {STARTUP_SECONDS} s:\n{self.log()}")
+        raise RuntimeError(f"gunicorn did not answer /healthz within {timeout:g} s:\n{self.log()}")
 
     def refused(self):
         """Start it expecting gunicorn to refuse: its exit status and log (fails the test if it serves)."""
-        self.port = free_port()
-        with open(self.error_log, "ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log, start_new_session=True)
+        self.launch()
         try:
             self.process.wait(timeout=STARTUP_SECONDS)
         except subprocess.TimeoutExpired:
