@@ -10,7 +10,7 @@ import db
 import replication
 from cli import commands, simulator
 from money.units import parse_currency_decimals
-from web import api, callbacks, errors, openapi, paths
+from web import api, callbacks, errors, metrics, openapi, paths
 
 ENVIRONMENT = (
     "DATABASE_URL",
@@ -19,6 +19,7 @@ ENVIRONMENT = (
     "CALLBACK_ALLOWED_IPS",
     "TRUSTED_PROXIES",
     "ADMIN_TOKEN",
+    "METRICS_TOKEN",
     "CURRENCY_DECIMALS",
     "SQLITE_SYNCHRONOUS",
     "LOG_LEVEL",
@@ -43,6 +44,7 @@ def create_app(test_config=None):
         CALLBACK_ALLOWED_IPS="",
         TRUSTED_PROXIES="0",
         ADMIN_TOKEN=None,
+        METRICS_TOKEN=None,
         CURRENCY_DECIMALS="",
         SQLITE_SYNCHRONOUS="FULL",
         LOG_LEVEL="INFO",
@@ -67,6 +69,7 @@ def create_app(test_config=None):
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
     app.cli.add_command(commands.wallet_cli)
     app.cli.add_command(simulator.simulate_command)
     if app.config["TRUSTED_PROXIES"]:
@@ -102,7 +105,7 @@ def _serving():
 def _normalise_config(app):
     """Turn the environment's strings into checked values; refuse to start on a bad one."""
     config = app.config
-    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "DATABASE_URL", "LITESTREAM_REPLICA_URL"):
+    for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "METRICS_TOKEN", "DATABASE_URL", "LITESTREAM_REPLICA_URL"):
         config[key] = (config[key] or "").strip() or None
     try:
         config["CALLBACK_TOKENS"] = callbacks.parse_tokens(config["CALLBACK_TOKEN"])

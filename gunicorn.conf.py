@@ -3,6 +3,8 @@ local gunicorn line use them unchanged.
 
 Replication (LITESTREAM_REPLICA_URL): the master starts one Litestream for the whole service
 before any worker serves, and stops it when gunicorn stops. See replication.py.
+Metrics (/metrics): the master keeps prometheus_client's multiprocess directory, made and
+emptied before the workers start, a dead worker's counts folded in. See web/multiproc.py.
 """
 
 # --- Worker class ---------------------------------------------------------------------------
@@ -16,6 +18,7 @@ before any worker serves, and stops it when gunicorn stops. See replication.py.
 from gunicorn.workers.ggevent import GeventWorker
 
 import replication
+from web import multiproc
 from web.serving import JsonRefusals, check_before_serving, refuse
 
 
@@ -48,13 +51,20 @@ limit_request_field_size = 8190
 def on_starting(server):
     """Restore a lost database from its replica and start replicating (when configured), then
     check the app: a wrong setting or an unreachable database stops the service here, with one
-    clear line."""
+    clear line. The metrics' directory is ready before anything forks."""
+    multiproc.prepare()
     try:
         replication.on_starting(server)
     except replication.ConfigurationError as error:
         refuse(error)
     check_before_serving(server)
+    multiproc.prepare()  # empty again: the check's child may have written its (zero) counters
+
+
+def child_exit(server, worker):
+    multiproc.worker_exited(worker.pid)
 
 
 def on_exit(server):
     replication.on_exit(server)
+    multiproc.remove()

@@ -81,6 +81,7 @@ class Outcome:
     body: dict
     outcome: str  # accepted | declined | duplicate | conflict | invalid | ignored
     reason: str
+    moved: int = 0  # minor units an accepted start debited or an accepted finish credited
 
     @functools.cached_property
     def text(self):
@@ -164,7 +165,7 @@ def _start(db, cb, bet, now):
         return _repeated_start(db, game_id, player_id, currency, bet)
     wallet_id = opened["wallet_id"]
     if wallet_id is not None and _move(db, wallet_id, -bet, "bet", now, game_id=game_id) is not None:
-        return Outcome(200, {"result": True}, "accepted", f"debited {to_text(db, bet, currency)} {currency}")
+        return Outcome(200, {"result": True}, "accepted", f"debited {to_text(db, bet, currency)} {currency}", bet)
     db.execute("UPDATE games SET status = 'declined' WHERE game_id = ?", [game_id])
     if wallet_id is None:
         return Outcome(200, {"result": False}, "declined", "no such wallet")
@@ -229,7 +230,7 @@ def _finish(db, cb, bet, now):
     if not settled:
         return _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout, too_large)
     _move(db, settled["wallet_id"], credit, "payout", now, game_id=game_id)
-    return Outcome(200, {}, "accepted", f"{new_status}: credited {to_text(db, credit, currency)} {currency}")
+    return Outcome(200, {}, "accepted", f"{new_status}: credited {to_text(db, credit, currency)} {currency}", credit)
 
 
 def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout, too_large):

@@ -18,14 +18,21 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 @bp.before_request
 def require_admin_token():
     """Refuse every /api request without the configured ADMIN_TOKEN."""
-    expected = current_app.config["ADMIN_TOKEN"]
+    require_bearer("ADMIN_TOKEN", "The operator API")
+
+
+def require_bearer(setting, what):
+    """Refuse a request unless it sends the token configured as `setting`, as
+    'Authorization: Bearer <token>' (compared in constant time): 401; without the setting,
+    `what` is disabled: 403, saying how to set it."""
+    expected = current_app.config[setting]
     if expected is None:
-        raise ApiError(403, "admin_token_not_configured",
-                       "The operator API is disabled: set the ADMIN_TOKEN environment variable "
-                       "and send it as 'Authorization: Bearer <ADMIN_TOKEN>'.")
+        raise ApiError(403, f"{setting.lower()}_not_configured",
+                       f"{what} is disabled: set the {setting} environment variable "
+                       f"and send it as 'Authorization: Bearer <{setting}>'.")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <ADMIN_TOKEN>'.",
+        raise ApiError(401, "unauthorized", f"Send 'Authorization: Bearer <{setting}>'.",
                        headers={"WWW-Authenticate": "Bearer"})
 
 

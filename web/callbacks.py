@@ -15,7 +15,7 @@ import wallet
 from db import DatabaseUnavailable, get_db
 from money.refusals import ApiError
 from money.units import now_ms
-from web import bodies
+from web import bodies, metrics
 
 bp = Blueprint("callbacks", __name__)
 
@@ -76,6 +76,8 @@ def callback(token):
     cb = schemas.load_callback(payload)
     result = wallet.apply_callback(get_db(), cb, audit)
     audit["outcome"] = result.outcome
+    if result.outcome == "accepted":
+        state.moved = (cb["session"]["currency"], result.moved)
     # The answer's text is the one the audit row kept (not Flask's JSON provider again).
     return Response(result.text + "\n", result.status, mimetype="application/json")
 
@@ -102,7 +104,8 @@ def _label(value):
 
 @bp.after_request
 def audit_and_log(response):
-    """Keep every refused callback in the audit (settled ones were kept with their movement)."""
+    """Keep every refused callback in the audit (settled ones were kept with their movement);
+    count and log every callback, once, whatever its outcome."""
     state = g._get_current_object()
     audit = state.get("audit")
     if audit is not None and "outcome" not in audit:
@@ -119,19 +122,15 @@ def audit_and_log(response):
             except DatabaseUnavailable as exc:  # went away between the answer and its audit
                 db.unavailable(exc)
     started = state.get("started")
-    if started is not None and current_app.logger.isEnabledFor(logging.INFO):
+    if started is not None:
         audit = audit or {}
-        _log_line(
-            "callback token=%s type=%s game=%s player=%s outcome=%s status=%s ms=%.1f" % (
-                state.get("token", "-"),
-                audit.get("type"),
-                audit.get("game_id"),
-                audit.get("player_id"),
-                audit.get("outcome", "unauthorised"),
-                response.status_code,
-                (time.perf_counter() - started) * 1000,
-            )
-        )
+        outcome = audit.get("outcome", "unauthorised")
+        seconds = time.perf_counter() - started
+        metrics.count_callback(audit.get("type"), outcome, seconds, state.get("moved"))
+        if current_app.logger.isEnabledFor(logging.INFO):
+            _log_line("callback token=%s type=%s game=%s player=%s outcome=%s status=%s ms=%.1f" % (
+                state.get("token", "-"), audit.get("type"), audit.get("game_id"), audit.get("player_id"),
+                outcome, response.status_code, seconds * 1000))
     return response
 
 
