@@ -128,10 +128,9 @@ class _Fixed(CollectorRegistry):
         return iter(self.families)
 
 
-# Each statement reads an index: open bets through games (status, started_at) and then their
-# rows (few: the bets in play and the stuck ones); refunds through a partial index of the
-# refunded games alone (db.INDEXES); currencies and wallets are one row per currency and per
-# player's currency, never per game.
+# Each read of the games takes the index on (status, started_at) to the few rows it wants: the
+# open bets (those in play and the stuck ones) and the refunded ones, never every game.
+# currencies and wallets hold a row per currency and per player's currency, not per game.
 OPEN_BETS = "SELECT currency, count(*) AS bets FROM games WHERE status = 'open' GROUP BY currency"
 OLDEST_OPEN = "SELECT min(started_at) AS started_at FROM games WHERE status = 'open'"
 REFUNDED = f"SELECT currency, {books.exact_sum('bet')} FROM games WHERE status = 'refunded' GROUP BY currency"
