@@ -11,6 +11,7 @@ import replication
 from cli import commands, simulator
 from money.units import parse_currency_decimals
 from web import api, callbacks, errors, metrics, openapi, paths
+from web.serving import parse_metrics_port
 
 ENVIRONMENT = (
     "DATABASE_URL",
@@ -20,6 +21,7 @@ ENVIRONMENT = (
     "TRUSTED_PROXIES",
     "ADMIN_TOKEN",
     "METRICS_TOKEN",
+    "METRICS_PORT",
     "CURRENCY_DECIMALS",
     "SQLITE_SYNCHRONOUS",
     "LOG_LEVEL",
@@ -45,6 +47,7 @@ def create_app(test_config=None):
         TRUSTED_PROXIES="0",
         ADMIN_TOKEN=None,
         METRICS_TOKEN=None,
+        METRICS_PORT=None,
         CURRENCY_DECIMALS="",
         SQLITE_SYNCHRONOUS="FULL",
         LOG_LEVEL="INFO",
@@ -111,6 +114,7 @@ def _normalise_config(app):
         config["CALLBACK_TOKENS"] = callbacks.parse_tokens(config["CALLBACK_TOKEN"])
         config["CURRENCY_DECIMALS"] = parse_currency_decimals(config["CURRENCY_DECIMALS"])
         config["CALLBACK_NETWORKS"] = callbacks.parse_networks(config["CALLBACK_ALLOWED_IPS"])
+        config["METRICS_PORT"] = parse_metrics_port(config["METRICS_PORT"])
         config["TRUSTED_PROXIES"] = int(config["TRUSTED_PROXIES"])
         if config["TRUSTED_PROXIES"] < 0:
             raise ValueError("TRUSTED_PROXIES must be 0 or more")

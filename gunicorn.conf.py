@@ -15,11 +15,13 @@ emptied before the workers start, a dead worker's counts folded in. See web/mult
 # connection, and reading a request's body happens before it takes it.
 # gunicorn's own refusals (bad framing, the limits below) answer the JSON error body:
 # serving.JsonRefusals overrides the Worker.handle_error all worker classes share.
+import os
+
 from gunicorn.workers.ggevent import GeventWorker
 
 import replication
 from web import multiproc
-from web.serving import JsonRefusals, check_before_serving, refuse
+from web.serving import JsonRefusals, binds, check_before_serving, refuse
 
 
 class JsonGeventWorker(JsonRefusals, GeventWorker):
@@ -35,6 +37,13 @@ keepalive = 95
 # gunicorn's control socket (gunicornc) is not used here, and every master on a machine would
 # share its one default path (~/.gunicorn/gunicorn.ctl): two instances on one host would clash.
 control_socket_disable = True
+
+# gunicorn's own default address, and METRICS_PORT's when set (serving.binds); --bind or
+# GUNICORN_CMD_ARGS="--bind ..." replace both.
+try:
+    bind = binds(os.environ)
+except ValueError as error:
+    refuse(error)
 
 # --- HTTP limits (README: "Refused by gunicorn") --------------------------------------------
 # The request line (method, path, query, version) may be 8190 bytes, gunicorn's largest: the

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import db
 import store
-from harness.live import workers_of
+from harness.live import Gunicorn, free_port, workers_of
 from harness.samples import ADMIN_TOKEN, FINISH, START, body
 from tests.support import Wallet, execute, query
 from tests.test_concurrency import fire
@@ -239,3 +239,34 @@ def test_without_prometheus_multiproc_dir_the_service_makes_its_own_and_removes_
     assert callbacks(gunicorn_numbers(server), "start", "accepted") == 3
     server.stop()
     assert not made[0].exists()
+
+
+class OnPlatformPorts(Gunicorn):
+    """gunicorn bound as on a platform: on $PORT and METRICS_PORT (gunicorn.conf.py), no --bind."""
+
+    def command(self):
+        command = super().command()
+        at = command.index("--bind")
+        del command[at:at + 2]
+        self.env["PORT"] = str(self.port)
+        return command
+
+
+def test_on_metrics_port_alone_the_metrics_need_no_token(engine, database, tmp_path):
+    """For a platform's scraper that cannot send a header (Fly's): /metrics without a token on
+    METRICS_PORT, and only there; a Host header naming that port changes nothing."""
+    metrics_port = free_port()
+    server = OnPlatformPorts(database, name="ports", log_dir=tmp_path, METRICS_TOKEN=METRICS_TOKEN,
+                             METRICS_PORT=str(metrics_port))
+    try:
+        server.start()
+        assert server.request("GET", "/metrics")[0] == 401
+        assert server.request("GET", "/metrics", headers={"Host": f"127.0.0.1:{metrics_port}"})[0] == 401
+        assert server.request("GET", "/metrics", headers=SCRAPER)[0] == 200
+        on_metrics_port = Gunicorn(database)
+        on_metrics_port.port = metrics_port
+        status, text = on_metrics_port.request("GET", "/metrics")
+        assert status == 200 and "wallet_database_up 1.0" in text
+        assert on_metrics_port.request("GET", "/api/players/p/balances")[0] == 401  # the rest as anywhere
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 """GET /metrics: the service's numbers in Prometheus' text format, for monitoring (/healthz
 stays the load balancer's check). Behind `Authorization: Bearer <METRICS_TOKEN>`, a token of
-its own, so that a scraper cannot move money.
+its own, so that a scraper cannot move money; without one on METRICS_PORT only (a port for a
+platform's scraper that cannot send a header, reached by its private network alone).
 
 Two kinds of numbers:
 - counted as they happen, in whichever worker answered: callbacks by type and outcome and
@@ -21,7 +22,7 @@ one of OUTCOMES; a currency is one the books hold (a callback in another moves n
 import datetime
 import time
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -87,7 +88,8 @@ def count_unavailable(response):
 @bp.get("/metrics")
 def metrics():
     """Answer the metrics in Prometheus' text format."""
-    api.require_bearer("METRICS_TOKEN", "The metrics endpoint")
+    if not _on_metrics_port(current_app.config["METRICS_PORT"]):
+        api.require_bearer("METRICS_TOKEN", "The metrics endpoint")
     families = _replication(current_app.config)
     try:
         families += _books(db.get_db())
@@ -99,6 +101,18 @@ def metrics():
                                       value=up))
     # Version 0.0.4 of the text format: what every Prometheus 2 reads (the text is the same).
     return Response(_counted() + generate_latest(_Fixed(families)), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def _on_metrics_port(port):
+    """Whether the request came in on METRICS_PORT, which gunicorn listens on for a scraper that
+    cannot send a token: known from the connection's own socket, never from what the client says."""
+    sock = request.environ.get("gunicorn.socket")
+    if port is None or sock is None:
+        return False
+    try:
+        return sock.getsockname()[1] == port
+    except OSError:
+        return False
 
 
 def _counted():

@@ -79,6 +79,25 @@ def _response(status, reason, body):
     return head.encode("latin-1") + payload
 
 
+def parse_metrics_port(text):
+    """METRICS_PORT: None when unset, else a TCP port (1-65535); ValueError otherwise."""
+    if text is None or not str(text).strip():
+        return None
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError(f"METRICS_PORT must be a TCP port (1-65535), not {text}")
+    return port
+
+
+def binds(environ):
+    """gunicorn's addresses: its own default (0.0.0.0:$PORT, else 127.0.0.1:8000), plus every
+    address of METRICS_PORT when set, where a platform's scraper that cannot send a token
+    (Fly's) reads /metrics: a port its private network reaches and the public one does not."""
+    main = f"0.0.0.0:{environ['PORT']}" if environ.get("PORT") else "127.0.0.1:8000"
+    port = parse_metrics_port(environ.get("METRICS_PORT"))
+    return [main] if port is None else [main, f"[::]:{port}"]
+
+
 def check_before_serving(arbiter):
     """Refuse to start, with one clear line, on a configuration the app refuses or a database
     it cannot reach (a wrong password, host or scheme in DATABASE_URL), before any worker
