@@ -1,0 +1,133 @@
+"""Does scraping GET /metrics slow the callbacks? Callbacks/s with a scraper asking for /metrics
+every second against none, on SQLite, their rounds alternated in one run, printed with the
+ratio (issue 21's target: at least 0.97).
+
+Each round is bench/callbacks.py's round, through its own code (gunicorn as the Procfile runs
+it, a fresh database, 16 funded players, 16 provider clients playing start/finish with 10%
+re-sends, every answer checked, the books reconciled after the round); the scraped rounds add a
+thread here that asks /metrics once a second with METRICS_TOKEN, as Prometheus would.
+
+    .venv/bin/python bench/scrape.py                  # 2 rounds of 10 s each, alternated
+    .venv/bin/python bench/scrape.py --repeat 3       # medians of 3 each
+    .venv/bin/python bench/scrape.py --interval 0.2   # a scraper five times as eager
+"""
+
+import argparse
+import http.client
+import importlib.util
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("bench_callbacks", HERE / "callbacks.py")
+load = importlib.util.module_from_spec(_spec)  # not "callbacks": that is the service's module
+_spec.loader.exec_module(load)
+
+METRICS_TOKEN = "bench-metrics-token-51c0"
+TARGET = 0.97
+
+
+class Scraper(threading.Thread):
+    """GET /metrics every `interval` seconds until stopped; keeps each scrape's duration."""
+
+    def __init__(self, port, interval):
+        super().__init__(daemon=True)
+        self.port, self.interval = port, interval
+        self.stopped = threading.Event()
+        self.durations, self.failures = [], []
+
+    def run(self):
+        while not self.stopped.wait(self.interval):
+            began = time.perf_counter()
+            try:
+                status, body = load.request("GET", self.port, "/metrics",
+                                            headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+            except (OSError, http.client.HTTPException) as error:
+                status, body = None, repr(error).encode()
+            self.durations.append(time.perf_counter() - began)
+            if status != 200 or b"wallet_callbacks_total" not in body:
+                self.failures.append(f"{status} {body[:200]!r}")
+
+
+def round_(args, engine, workdir, scraped, number):
+    """One round on a fresh database; returns callbacks/s (and the scrapes, when scraped)."""
+    name = f"r{number}-{'scraped' if scraped else 'quiet'}"
+    target = engine.new_database(name)
+    env = load.service_env(args, engine.settings(target))
+    env["METRICS_TOKEN"] = METRICS_TOKEN
+    load.init_db(env)
+    server = load.Server(env, load.APPS["project"], workdir, args, name)
+    scraper = None
+    try:
+        if not server.wait_ready():
+            raise SystemExit(f"gunicorn did not start (log: {server.log_path})")
+        players = [f"bench-{i:03d}" for i in range(args.players)]
+        for i, player in enumerate(players):
+            status, body = load.admin("POST", server.port, f"/api/players/{player}/deposits",
+                                      {"currency": "USD", "amount": load.DEPOSIT, "reference": f"{name}-{i}"})
+            if status != 201:
+                raise SystemExit(f"deposit for {player} failed: {status} {body}")
+        if scraped:
+            scraper = Scraper(server.port, args.interval)
+            scraper.start()
+        result = load.run_load([server], engine, args, players, number)
+    finally:
+        if scraper is not None:
+            scraper.stopped.set()
+            scraper.join()
+        server.stop()
+    books = load.reconcile(env, f"{name}: ")
+    engine.drop(target)
+    line = (f"{name}: {result['per_second']:,.0f} callbacks/s, p99 {result['p99']:.1f} ms, "
+            f"errors {result['errors']}, worker CPU {result['server_cpu'] / max(result['callbacks'], 1) * 1000:.2f} ms"
+            " per callback")
+    if scraper is not None:
+        durations = sorted(scraper.durations)
+        line += (f"; {len(durations)} scrapes, median {statistics.median(durations) * 1000:.1f} ms, "
+                 f"max {durations[-1] * 1000:.1f} ms, failed {len(scraper.failures)}")
+    load.log(line)
+    failed = result["errors"] or not books or (scraper is not None and (scraper.failures or not scraper.durations))
+    return result["per_second"], bool(failed)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of each kind (medians)")
+    parser.add_argument("--seconds", type=float, default=10, help="measured load per round")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between two scrapes")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=16)
+    cli = parser.parse_args()
+    # bench/callbacks.py's defaults for everything else
+    args = types.SimpleNamespace(
+        seconds=cli.seconds, workers=cli.workers, connections=cli.connections, warmup=1.0, duplicates=0.1,
+        synchronous="FULL", log_level="INFO", client_processes=2, players=16, game_ids="objectid",
+        gunicorn_arg=[], interval=cli.interval)
+    rates = {False: [], True: []}
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="wallet-bench-scrape-") as workdir:
+        engine = load.SQLiteEngine(args, workdir)
+        load.log(f"{load.worker_class()} workers x {args.workers}, {args.connections} connections, "
+                 f"{engine.describe(args)}; a scrape every {args.interval} s in the scraped rounds")
+        number = 0
+        for _ in range(cli.repeat):
+            for scraped in (False, True):
+                number += 1
+                rate, bad = round_(args, engine, workdir, scraped, number)
+                rates[scraped].append(rate)
+                failed |= bad
+    quiet, scraped = statistics.median(rates[False]), statistics.median(rates[True])
+    ratio = scraped / quiet
+    print(f"\nnot scraped: {quiet:,.0f} callbacks/s; scraped every {args.interval} s: {scraped:,.0f} callbacks/s"
+          f"{' (medians of ' + str(cli.repeat) + ')' if cli.repeat > 1 else ''}")
+    print(f"scraped / not scraped: {ratio:.3f} (target {TARGET}: {'met' if ratio >= TARGET else 'missed'})")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
