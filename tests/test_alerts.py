@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_metrics import METRICS_TOKEN, gunicorn_numbers
+from tests.test_metrics import METRICS_TOKEN, gunicorn_numbers
 
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 RULE_FILES = ("alerts.yml", "optional-alerts.yml")
