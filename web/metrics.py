@@ -92,8 +92,12 @@ def metrics():
         api.require_bearer("METRICS_TOKEN", "The metrics endpoint")
     families = _replication(current_app.config)
     try:
-        families += _books(db.get_db())
+        currencies, read = _books(db.get_db())
+        families += read
         up = 1
+        for currency in currencies:  # each currency's counters exist from its first scrape, at 0
+            STAKED.labels(currency)
+            PAID_OUT.labels(currency)
     except db.DatabaseUnavailable as exc:
         db.unavailable(exc)  # logged once per outage, as for any request
         up = 0
@@ -153,7 +157,7 @@ CURRENCIES = "SELECT currency, decimals FROM currencies"
 
 
 def _books(store):
-    """The values read from the books, from one consistent snapshot."""
+    """The currencies the books hold and the values read from them, from one consistent snapshot."""
     with store.snapshot():
         decimals = {row["currency"]: row["decimals"] for row in store.execute(CURRENCIES).fetchall()}
         open_bets = {row["currency"]: row["bets"] for row in store.execute(OPEN_BETS).fetchall()}
@@ -179,7 +183,7 @@ def _books(store):
         if currency in decimals:
             families["decimals"].add_metric([currency], decimals[currency])
     age = 0.0 if oldest is None else max(time.time() - oldest / 1000, 0.0)
-    return [*families.values(), GaugeMetricFamily(
+    return currencies, [*families.values(), GaugeMetricFamily(
         "wallet_oldest_open_bet_age_seconds", "Seconds since the oldest open bet's start arrived (0: none open).",
         value=age)]
 
