@@ -4,7 +4,6 @@ whose workers each count their own (prometheus_client's multiprocess mode)."""
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -239,6 +238,12 @@ def test_without_prometheus_multiproc_dir_the_service_makes_its_own_and_removes_
     assert callbacks(gunicorn_numbers(server), "start", "accepted") == 3
     server.stop()
     assert not made[0].exists()
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "metrics", "-1"])
+def test_a_metrics_port_that_is_no_port_refuses_to_start(make_app, port):
+    with pytest.raises(db.StartupError, match=r"METRICS_PORT must be a TCP port \(1-65535\), not '"):
+        make_app(METRICS_PORT=port)
 
 
 class OnPlatformPorts(Gunicorn):

@@ -83,9 +83,12 @@ def parse_metrics_port(text):
     """METRICS_PORT: None when unset, else a TCP port (1-65535); ValueError otherwise."""
     if text is None or not str(text).strip():
         return None
-    port = int(text)
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
     if not 0 < port < 65536:
-        raise ValueError(f"METRICS_PORT must be a TCP port (1-65535), not {text}")
+        raise ValueError(f"METRICS_PORT must be a TCP port (1-65535), not {text!r}")
     return port
 
 
