@@ -49,8 +49,17 @@ def test_each_alert_fires_when_it_should_and_not_before():
     result = run("test", "rules", "alerts.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     tested = {case["alertname"] for test in yaml.safe_load((RULES / "alerts.test.yml").read_text())["tests"]
-              for case in test["alert_rule_test"] if case["exp_alerts"]}
+              for case in test.get("alert_rule_test", []) if case["exp_alerts"]}
     assert tested == set(alerts()), "every alert has a test in which it fires"
+
+
+def test_the_ggr_query_in_the_docs_is_the_one_promtool_checks():
+    """GGR per day is one PromQL expression; the one in docs/monitoring.md is the one whose
+    result alerts.test.yml checks (stakes and payouts summed over instances, refunds not)."""
+    tests = yaml.safe_load((RULES / "alerts.test.yml").read_text())["tests"]
+    (expr,) = [case["expr"] for test in tests for case in test.get("promql_expr_test", [])]
+    docs = (RULES.parent.parent / "docs" / "monitoring.md").read_text()
+    assert " ".join(expr.split()) in " ".join(docs.split())
 
 
 def alerts():
