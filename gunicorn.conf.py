@@ -61,10 +61,10 @@ def on_starting(server):
     """Restore a lost database from its replica and start replicating (when configured), then
     check the app: a wrong setting or an unreachable database stops the service here, with one
     clear line. The metrics' directory is ready before anything forks."""
-    multiproc.prepare()
     try:
+        multiproc.prepare()
         replication.on_starting(server)
-    except replication.ConfigurationError as error:
+    except (multiproc.Refused, replication.ConfigurationError) as error:
         refuse(error)
     check_before_serving(server)
     multiproc.prepare()  # empty again: the check's child may have written its (zero) counters

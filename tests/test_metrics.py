@@ -240,6 +240,19 @@ def test_without_prometheus_multiproc_dir_the_service_makes_its_own_and_removes_
     assert not made[0].exists()
 
 
+@pytest.mark.parametrize("directory", [None, "prometheus"])
+def test_preloading_the_app_is_refused(database, tmp_path, directory):
+    """--preload loads the app, and prometheus_client, in the master before it can set the
+    directory: every worker would count alone, so the service refuses to start, saying why."""
+    settings = {}
+    if directory:
+        (tmp_path / directory).mkdir()
+        settings["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / directory)
+    code, log = Gunicorn(database, log_dir=tmp_path, METRICS_TOKEN=METRICS_TOKEN, GUNICORN_CMD_ARGS="--preload",
+                         **settings).refused()
+    assert code != 0 and "The service cannot start: --preload loads the app, and its metrics" in log, log
+
+
 @pytest.mark.parametrize("port", ["0", "65536", "metrics", "-1"])
 def test_a_metrics_port_that_is_no_port_refuses_to_start(make_app, port):
     with pytest.raises(db.StartupError, match=r"METRICS_PORT must be a TCP port \(1-65535\), not '"):

@@ -28,6 +28,7 @@ import fcntl
 import glob
 import os
 import shutil
+import sys
 import tempfile
 
 VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -36,14 +37,26 @@ LOCK_NAME = "fold.lock"  # not *.db: never read as metrics
 _made = None  # the directory prepare() created, removed by remove()
 
 
+class Refused(RuntimeError):
+    """The metrics cannot be right as the service was started: it must not start."""
+
+
 def directory():
     """The multiprocess directory, or None when prometheus_client runs in one process."""
     return os.environ.get(VARIABLE) or None
 
 
 def prepare():
-    """Make (when the operator set none) and empty the directory; set it for the workers."""
+    """Make (when the operator set none) and empty the directory; set it for the workers.
+
+    Refused when prometheus_client is already loaded in the master (gunicorn's --preload
+    imports the app there): the workers, forked from it, would each count alone, and a scrape
+    would show one worker's numbers as the service's.
+    """
     global _made
+    if "prometheus_client" in sys.modules:
+        raise Refused("--preload loads the app, and its metrics, before the metrics' directory is set: "
+                      "each worker would count alone; remove --preload")
     path = directory()
     if path is None:
         path = _made = tempfile.mkdtemp(prefix="wallet-metrics-")
