@@ -10,6 +10,7 @@ thread here that asks /metrics once a second with METRICS_TOKEN, as Prometheus w
     .venv/bin/python bench/scrape.py                  # 2 rounds of 10 s each, alternated
     .venv/bin/python bench/scrape.py --repeat 3       # medians of 3 each
     .venv/bin/python bench/scrape.py --interval 0.2   # a scraper five times as eager
+    .venv/bin/python bench/scrape.py --games-preloaded 1000000   # and a scrape's cost on 1M games
 """
 
 import argparse
@@ -95,14 +96,15 @@ def round_(args, engine, workdir, scraped, number):
     return result["per_second"], result["server_cpu"] / max(result["callbacks"], 1), bool(failed)
 
 
-def scrape_cost(args, engine, workdir, scrapes=300):
+def scrape_cost(args, engine, workdir, template=None, scrapes=300):
     """The workers' CPU per scrape, scraped back to back with no load: a figure a busy machine
-    hardly changes, unlike callbacks/s. (On a new database: the books are read through indexes,
-    to the open and refunded games, whose cost does not grow with the history.)"""
-    target = engine.new_database("cost")
+    hardly changes, unlike callbacks/s. On a new database, or a copy of `template` (a history
+    of settled games, bench/callbacks.py's --games-preloaded)."""
+    target = engine.new_database(f"cost-{'preloaded' if template else 'empty'}", template)
     env = load.service_env(args, engine.settings(target))
     env["METRICS_TOKEN"] = METRICS_TOKEN
-    load.init_db(env)
+    if template is None:
+        load.init_db(env)
     server = load.Server(env, load.APPS["project"], workdir, args, "cost")
     try:
         if not server.wait_ready():
@@ -127,6 +129,8 @@ def main():
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between two scrapes")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--games-preloaded", type=int, default=0, metavar="N",
+                        help="also measure a scrape's cost on N settled games (1,000 wallets)")
     cli = parser.parse_args()
     # bench/callbacks.py's defaults for everything else
     args = types.SimpleNamespace(
@@ -148,6 +152,13 @@ def main():
                 cpu[scraped].append(per_callback)
                 failed |= bad
         cost = scrape_cost(args, engine, workdir)
+        if cli.games_preloaded:
+            template = engine.new_database("template")
+            load.init_db(load.service_env(args, engine.settings(template)))
+            began = time.perf_counter()
+            engine.load(template, load.history(cli.games_preloaded, 1000, args.game_ids))
+            load.log(f"{cli.games_preloaded:,} settled games loaded in {time.perf_counter() - began:.0f} s")
+            preloaded = scrape_cost(args, engine, workdir, template)
     quiet, scraped = statistics.median(rates[False]), statistics.median(rates[True])
     ratio = scraped / quiet
     print(f"\nnot scraped: {quiet:,.0f} callbacks/s; scraped every {args.interval} s: {scraped:,.0f} callbacks/s"
@@ -158,6 +169,9 @@ def main():
     print(f"one scrape costs the workers {cost * 1000:.2f} ms of CPU (back to back, no load): at one every "
           f"{args.interval} s, {cost / args.interval / (quiet * quiet_cpu) * 100:.2f}% of the CPU the workers spent "
           f"on callbacks at the not-scraped rate")
+    if cli.games_preloaded:
+        print(f"one scrape on {cli.games_preloaded:,} settled games costs the workers {preloaded * 1000:.2f} ms of CPU "
+              f"({preloaded / cost:.2f} times the cost on an empty database)")
     sys.exit(1 if failed else 0)
 
 
