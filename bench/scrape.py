@@ -2,8 +2,8 @@
 every second against none, on SQLite, their rounds alternated in one run, printed with the
 ratio (issue 21's target: at least 0.97), and what one scrape costs the workers in CPU.
 
-Each round is bench/callbacks.py's round, through its own code (gunicorn as the Procfile runs
-it, a fresh database, 16 funded players, 16 provider clients playing start/finish with 10%
+Each round is bench/callbacks.py's round, through bench/'s own code (gunicorn as the Procfile
+runs it, a fresh database, 16 funded players, 16 provider clients playing start/finish with 10%
 re-sends, every answer checked, the books reconciled after the round); the scraped rounds add a
 thread here that asks /metrics once a second with METRICS_TOKEN, as Prometheus would.
 
@@ -15,7 +15,6 @@ thread here that asks /metrics once a second with METRICS_TOKEN, as Prometheus w
 
 import argparse
 import http.client
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -24,21 +23,27 @@ import time
 import types
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_callbacks", HERE / "callbacks.py")
-load = importlib.util.module_from_spec(_spec)  # not "callbacks": that is the service's module
-_spec.loader.exec_module(load)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: bench.*, harness
+from bench.checks import reconcile  # noqa: E402
+from bench.clients import run_load  # noqa: E402
+from bench.engines import SQLiteEngine  # noqa: E402
+from bench.fill import history  # noqa: E402
+from bench.measure import cpu_seconds  # noqa: E402
+from bench.report import log  # noqa: E402
+from bench.rounds import DEPOSIT  # noqa: E402
+from bench.servers import STARTUP_SECONDS, Server, init_db, worker_class  # noqa: E402
 
 METRICS_TOKEN = "bench-metrics-token-51c0"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 TARGET = 0.97
 
 
 class Scraper(threading.Thread):
     """GET /metrics every `interval` seconds until stopped; keeps each scrape's duration."""
 
-    def __init__(self, port, interval):
+    def __init__(self, server, interval):
         super().__init__(daemon=True)
-        self.port, self.interval = port, interval
+        self.server, self.interval = server, interval
         self.stopped = threading.Event()
         self.durations, self.failures = [], []
 
@@ -46,43 +51,39 @@ class Scraper(threading.Thread):
         while not self.stopped.wait(self.interval):
             began = time.perf_counter()
             try:
-                status, body = load.request("GET", self.port, "/metrics",
-                                            headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+                status, text = self.server.request("GET", "/metrics", headers=SCRAPER)
             except (OSError, http.client.HTTPException) as error:
-                status, body = None, repr(error).encode()
+                status, text = None, repr(error)
             self.durations.append(time.perf_counter() - began)
-            if status != 200 or b"wallet_callbacks_total" not in body:
-                self.failures.append(f"{status} {body[:200]!r}")
+            if status != 200 or "wallet_callbacks_total" not in str(text):
+                self.failures.append(f"{status} {str(text)[:200]!r}")
 
 
 def round_(args, engine, workdir, scraped, number):
     """One round on a fresh database: (callbacks/s, the workers' CPU per callback, failed)."""
     name = f"r{number}-{'scraped' if scraped else 'quiet'}"
     target = engine.new_database(name)
-    env = load.service_env(args, engine.settings(target))
-    env["METRICS_TOKEN"] = METRICS_TOKEN
-    load.init_db(env)
-    server = load.Server(env, load.APPS["project"], workdir, args, name)
+    init_db(args, target)
+    server = Server(target, "project", args, name, workdir, METRICS_TOKEN=METRICS_TOKEN).launch()
     scraper = None
     try:
-        if not server.wait_ready():
-            raise SystemExit(f"gunicorn did not start (log: {server.log_path})")
+        server.ready(STARTUP_SECONDS)
         players = [f"bench-{i:03d}" for i in range(args.players)]
         for i, player in enumerate(players):
-            status, body = load.admin("POST", server.port, f"/api/players/{player}/deposits",
-                                      {"currency": "USD", "amount": load.DEPOSIT, "reference": f"{name}-{i}"})
+            status, body = server.admin("POST", f"/api/players/{player}/deposits",
+                                        {"currency": "USD", "amount": DEPOSIT, "reference": f"{name}-{i}"})
             if status != 201:
                 raise SystemExit(f"deposit for {player} failed: {status} {body}")
         if scraped:
-            scraper = Scraper(server.port, args.interval)
+            scraper = Scraper(server, args.interval)
             scraper.start()
-        result = load.run_load([server], engine, args, players, number)
+        result = run_load([server], engine, args, players, number)
     finally:
         if scraper is not None:
             scraper.stopped.set()
             scraper.join()
         server.stop()
-    books = load.reconcile(env, f"{name}: ")
+    books = reconcile(args, target, f"{name}: ")
     engine.drop(target)
     line = (f"{name}: {result['per_second']:,.0f} callbacks/s, p99 {result['p99']:.1f} ms, "
             f"errors {result['errors']}, worker CPU {result['server_cpu'] / max(result['callbacks'], 1) * 1000:.2f} ms"
@@ -91,7 +92,7 @@ def round_(args, engine, workdir, scraped, number):
         durations = sorted(scraper.durations)
         line += (f"; {len(durations)} scrapes, median {statistics.median(durations) * 1000:.1f} ms, "
                  f"max {durations[-1] * 1000:.1f} ms, failed {len(scraper.failures)}")
-    load.log(line)
+    log(line)
     failed = result["errors"] or not books or (scraper is not None and (scraper.failures or not scraper.durations))
     return result["per_second"], result["server_cpu"] / max(result["callbacks"], 1), bool(failed)
 
@@ -100,23 +101,20 @@ def scrape_cost(args, engine, workdir, template=None, scrapes=300):
     """The workers' CPU per scrape, scraped back to back with no load: a figure a busy machine
     hardly changes, unlike callbacks/s. On a new database, or a copy of `template` (a history
     of settled games, bench/callbacks.py's --games-preloaded)."""
-    target = engine.new_database(f"cost-{'preloaded' if template else 'empty'}", template)
-    env = load.service_env(args, engine.settings(target))
-    env["METRICS_TOKEN"] = METRICS_TOKEN
+    name = f"cost-{'preloaded' if template else 'empty'}"
+    target = engine.new_database(name, template)
     if template is None:
-        load.init_db(env)
-    server = load.Server(env, load.APPS["project"], workdir, args, "cost")
+        init_db(args, target)
+    server = Server(target, "project", args, name, workdir, METRICS_TOKEN=METRICS_TOKEN).launch()
     try:
-        if not server.wait_ready():
-            raise SystemExit(f"gunicorn did not start (log: {server.log_path})")
-        headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-        load.request("GET", server.port, "/metrics", headers=headers)
+        server.ready(STARTUP_SECONDS)
+        server.request("GET", "/metrics", headers=SCRAPER)
         workers = server.worker_pids()
-        before = sum(load.cpu_seconds(pid) for pid in workers)
+        before = sum(cpu_seconds(pid) for pid in workers)
         for _ in range(scrapes):
-            status, _ = load.request("GET", server.port, "/metrics", headers=headers)
+            status, _ = server.request("GET", "/metrics", headers=SCRAPER)
             assert status == 200, status
-        return (sum(load.cpu_seconds(pid) for pid in workers) - before) / scrapes
+        return (sum(cpu_seconds(pid) for pid in workers) - before) / scrapes
     finally:
         server.stop()
         engine.drop(target)
@@ -136,12 +134,12 @@ def main():
     args = types.SimpleNamespace(
         seconds=cli.seconds, workers=cli.workers, connections=cli.connections, warmup=1.0, duplicates=0.1,
         synchronous="FULL", log_level="INFO", client_processes=2, players=16, game_ids="objectid",
-        gunicorn_arg=[], interval=cli.interval)
+        gunicorn_arg=[], interval=cli.interval, keep=False)
     rates, cpu = {False: [], True: []}, {False: [], True: []}
     failed = False
     with tempfile.TemporaryDirectory(prefix="wallet-bench-scrape-") as workdir:
-        engine = load.SQLiteEngine(args, workdir)
-        load.log(f"{load.worker_class()} workers x {args.workers}, {args.connections} connections, "
+        engine = SQLiteEngine(args, workdir)
+        log(f"{worker_class()} workers x {args.workers}, {args.connections} connections, "
                  f"{engine.describe(args)}; a scrape every {args.interval} s in the scraped rounds")
         number = 0
         for _ in range(cli.repeat):
@@ -154,10 +152,10 @@ def main():
         cost = scrape_cost(args, engine, workdir)
         if cli.games_preloaded:
             template = engine.new_database("template")
-            load.init_db(load.service_env(args, engine.settings(template)))
+            init_db(args, template)
             began = time.perf_counter()
-            engine.load(template, load.history(cli.games_preloaded, 1000, args.game_ids))
-            load.log(f"{cli.games_preloaded:,} settled games loaded in {time.perf_counter() - began:.0f} s")
+            engine.load(template, history(cli.games_preloaded, 1000, args.game_ids))
+            log(f"{cli.games_preloaded:,} settled games loaded in {time.perf_counter() - began:.0f} s")
             preloaded = scrape_cost(args, engine, workdir, template)
     quiet, scraped = statistics.median(rates[False]), statistics.median(rates[True])
     ratio = scraped / quiet
