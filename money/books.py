@@ -75,6 +75,7 @@ def ledger_view(db, row):
         "balance_after": to_text(db, row["balance_after"], row["currency"]),
         "game_id": row["game_id"],
         "reference": row["reference"],
+        "note": row["note"],
         "created_at": iso(row["created_at"]),
     }
 
@@ -290,3 +291,4 @@ def _expected_movements(game):
     if game["status"] == "refunded":
         return [("bet", -bet), ("refund", bet)]
     return None
+
