@@ -293,6 +293,7 @@ def _expected_movements(game):
     return None
 
 
+
 # --- the console's reads: each bounded, each on an index ---------------------------------
 
 DAY_MS = 86_400_000
@@ -300,17 +301,15 @@ COUNT_CAP = 10_000  # counts shown on the overview stop here ("10,000 or more")
 ATTENTION = ("conflict", "invalid", "error")  # callback outcomes someone should look at
 
 
-def capped_count(db, where, params):
-    """How many games or callbacks match, counting at most COUNT_CAP + 1 rows."""
-    table, condition = where
-    row = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {condition} LIMIT ?) AS capped",
-                     [*params, COUNT_CAP + 1]).fetchone()
-    return row[0]
+def capped_count(db, table, condition, params=()):
+    """How many rows of `table` match `condition`, counting at most COUNT_CAP + 1 of them."""
+    return db.execute(f"SELECT count(*) AS n FROM (SELECT 1 FROM {table} WHERE {condition} LIMIT ?) AS capped",
+                      [*params, COUNT_CAP + 1]).fetchone()["n"]
 
 
 def count_stale(db, cutoff_ms):
     """Open bets started before `cutoff_ms` (the index on status and start), at most COUNT_CAP + 1."""
-    return capped_count(db, ("games", "status = 'open' AND started_at < ?"), [cutoff_ms])
+    return capped_count(db, "games", "status = 'open' AND started_at < ?", [cutoff_ms])
 
 
 def list_stale(db, cutoff_ms, limit=100, cursor=None):
@@ -322,34 +321,33 @@ def list_stale(db, cutoff_ms, limit=100, cursor=None):
         params += [started_at, started_at, game_id]
     rows = db.execute(f"SELECT * FROM games WHERE {' AND '.join(where)} ORDER BY started_at, game_id LIMIT ?",
                       [*params, limit + 1]).fetchall()
-    games, next_cursor = _page(rows, limit, lambda row: (row["started_at"], row["game_id"]), game_view)
+    games, next_cursor = _page(db, rows, limit, lambda row: (row["started_at"], row["game_id"]), game_view)
     return {"games": games, "next_cursor": next_cursor}
 
 
 def count_attention(db):
     """Callbacks answered conflict, invalid or error (their partial index), at most COUNT_CAP + 1."""
     outcomes = ", ".join(f"'{outcome}'" for outcome in ATTENTION)
-    return capped_count(db, ("callbacks", f"outcome IN ({outcomes}) AND {uncommon('outcome')}"), [])
+    return capped_count(db, "callbacks", f"outcome IN ({outcomes}) AND {uncommon('outcome')}")
 
 
 def first_callback_since(db, since_ms):
     """The id of the first callback received at or after `since_ms` (None if none): a binary
     search over the ids, which grow with the time of receipt, each step one primary-key read."""
-    bounds = db.execute("SELECT min(id), max(id) FROM callbacks").fetchone()
-    low, high = bounds[0], bounds[1]
+    bounds = db.execute("SELECT min(id) AS low, max(id) AS high FROM callbacks").fetchone()
+    low, high = bounds["low"], bounds["high"]
     if high is None:
         return None
-    last = db.execute("SELECT received_at FROM callbacks WHERE id = ?", [high]).fetchone()
-    if last is None or last[0] < since_ms:
+    if db.execute("SELECT received_at FROM callbacks WHERE id = ?", [high]).fetchone()["received_at"] < since_ms:
         return None
     first = "SELECT id, received_at FROM callbacks WHERE id >= ? ORDER BY id LIMIT 1"
     while low < high:  # the smallest id whose first callback at or after it is recent enough
         middle = (low + high) // 2
-        if db.execute(first, [middle]).fetchone()[1] >= since_ms:
+        if db.execute(first, [middle]).fetchone()["received_at"] >= since_ms:
             high = middle
         else:
             low = middle + 1
-    return db.execute(first, [low]).fetchone()[0]
+    return db.execute(first, [low]).fetchone()["id"]
 
 
 def outcomes_since(db, since_ms, scan_cap=200_000):
@@ -358,26 +356,26 @@ def outcomes_since(db, since_ms, scan_cap=200_000):
     first = first_callback_since(db, since_ms)
     if first is None:
         return {}, False
-    newest = db.execute("SELECT max(id) FROM callbacks").fetchone()[0]
+    newest = db.execute("SELECT max(id) AS newest FROM callbacks").fetchone()["newest"]
     start = max(first, newest - scan_cap + 1)
-    counts = dict(db.execute(
-        "SELECT outcome, count(*) FROM callbacks WHERE id >= ? GROUP BY outcome ORDER BY outcome", [start]
-    ).fetchall())
+    counts = {row["outcome"]: row["n"] for row in db.execute(
+        "SELECT outcome, count(*) AS n FROM callbacks WHERE id >= ? GROUP BY outcome ORDER BY outcome", [start])}
     return counts, start > first
 
 
 def liabilities(db):
     """What the wallets hold, per currency: {currency: (wallets, total in minor units)}."""
-    return {currency: (wallets, total(high, low)) for currency, wallets, high, low in db.execute(
-        f"SELECT currency, count(*), {exact_sum('balance')} FROM wallets GROUP BY currency ORDER BY currency")}
+    return {row["currency"]: (row["wallets"], total(row)) for row in db.execute(
+        f"SELECT currency, count(*) AS wallets, {exact_sum('balance')} FROM wallets GROUP BY currency ORDER BY currency")}
 
 
 def find_players(db, text, limit=50):
-    """Players whose id is `text` or starts with it, in id order (the index on wallets)."""
+    """Players whose id is `text` or starts with it, in id order (the index on wallets), and
+    whether there are more."""
     rows = db.execute(
         "SELECT DISTINCT player_id FROM wallets WHERE player_id >= ? AND player_id < ? ORDER BY player_id LIMIT ?",
         [text, text + "\U0010ffff", limit + 1]).fetchall()
-    players = [row[0] for row in rows if row[0].startswith(text)]
+    players = [row["player_id"] for row in rows if row["player_id"].startswith(text)]
     return players[:limit], len(rows) > limit
 
 
@@ -391,21 +389,21 @@ def daily_report(db, since_ms, until_ms, by_game=False):
     index on the start's time; a declined start is no round."""
     game = ", game_name" if by_game else ""
     rows = db.execute(
-        f"SELECT started_at / {DAY_MS} AS day, currency{game}, status, count(*), {exact_sum('bet')}, "
-        f"{exact_sum('credit')} FROM games WHERE started_at >= ? AND started_at < ? AND status <> 'declined' "
+        f"SELECT started_at / {DAY_MS} AS day, currency{game}, status, count(*) AS rounds, "
+        f"{exact_sum('bet', 'bets')}, {exact_sum('credit', 'credits')} FROM games "
+        f"WHERE started_at >= ? AND started_at < ? AND status <> 'declined' "
         f"GROUP BY started_at / {DAY_MS}, currency{game}, status",
         [since_ms, until_ms]).fetchall()
     report = {}
     for row in rows:
-        key = (row[0], row[1], row[2] if by_game else None)
-        status, rounds, bets, credits = row[-6], row[-5], total(row[-4], row[-3]), total(row[-2], row[-1])
+        key = (row["day"], row["currency"], row["game_name"] if by_game else None)
         line = report.setdefault(key, dict.fromkeys(REPORT_FIELDS, 0))
-        line["rounds"] += rounds
-        line["stakes"] += bets
-        line["payouts"] += credits
-        if status == "refunded":
-            line["refunds"] += bets
+        line["rounds"] += row["rounds"]
+        line["stakes"] += total(row, "bets")
+        line["payouts"] += total(row, "credits")
+        if row["status"] == "refunded":
+            line["refunds"] += total(row, "bets")
     for line in report.values():
         line["ggr"] = line["stakes"] - line["payouts"] - line["refunds"]
     return [{"day": day * DAY_MS, "currency": currency, "game_name": name, **line}
-            for (day, currency, name), line in sorted(report.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))]
+            for (day, currency, name), line in sorted(report.items(), key=lambda item: (*item[0][:2], item[0][2] or ""))]
