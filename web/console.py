@@ -43,7 +43,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
-PUBLIC = {"console.sign_in", "console.stylesheet"}  # what answers before signing in
+PUBLIC = {"console.sign_in", "console.stylesheet", "console.icon"}  # what answers before signing in
 IDLE_SECONDS = 30 * 60  # a session unused this long is signed out
 STALE_MINUTES = 60  # "needs attention": open bets older than this, by default
 NOTE_MAX = 200
@@ -90,7 +90,7 @@ def gate():
     config = current_app.config
     if config["SECRET_KEY"] is None or config["ADMIN_TOKEN"] is None:
         raise ConsoleRefusal(404, "The console is disabled: set SECRET_KEY and ADMIN_TOKEN and restart the service.")
-    if request.endpoint == "console.stylesheet":
+    if request.endpoint in ("console.stylesheet", "console.icon"):
         return None
     now = time.time()
     if "operator" in session and now - session.get("seen", 0) > config["CONSOLE_IDLE_SECONDS"]:
@@ -202,6 +202,11 @@ def sign_out():
 @bp.get("/console.css")
 def stylesheet():
     return send_file(HERE / "static" / "console.css", mimetype="text/css", max_age=3600)
+
+
+@bp.get("/icon.svg")
+def icon():
+    return send_file(HERE / "static" / "icon.svg", mimetype="image/svg+xml", max_age=3600)
 
 
 # --- pages -----------------------------------------------------------------------------------
