@@ -118,6 +118,8 @@ def api(served, path):
 def test_sign_in_overview_player_and_game(page, served):
     sign_in(page, served)
     assert page.locator("h1").inner_text() == "Overview"
+    assert ("SQLite file wallet.db" if served.engine == "sqlite" else "PostgreSQL database") in (
+        page.locator(".card").first.inner_text())
     assert page.locator("#stale-count").inner_text() == "2"  # the two stuck bets
     assert page.locator("#attention-count").inner_text() == "2"  # the finish for no game, the refused body
     assert page.locator("svg.chart title").text_content() == "Callbacks in the last hour by outcome"
@@ -181,6 +183,8 @@ def test_refund_a_stuck_bet(page, served):
     first_row = page.locator("table.ledger tbody tr").first.inner_text()
     assert "refund" in first_row and "3.00" in first_row and OPERATOR in first_row
     shot(page, served, "player-after-refund")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    shot(page, served, "player-phone")
 
 
 def test_the_csv_adds_up_to_the_api(page, served):

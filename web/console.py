@@ -233,6 +233,15 @@ def _day(ms):
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).date().isoformat()
 
 
+def _where():
+    """The books' engine and name, for the overview: a SQLite file's name (not its folder), a
+    PostgreSQL server's host, port and database (never a password)."""
+    config = current_app.config
+    if config.get("DATABASE_URL"):
+        return db.describe_url(config["DATABASE_URL"])
+    return f"SQLite file {Path(config['DATABASE_PATH']).name}"
+
+
 def _per_currency(lines):
     """Sum report lines (books.daily_report) per currency."""
     sums = {}
@@ -257,12 +266,11 @@ def overview():
     outcomes, capped = books.outcomes_since(store, now - 3_600_000)
     stale = books.count_stale(store, now - STALE_MINUTES * 60_000)
     attention = books.count_attention(store)
-    state = current_app.extensions["wallet_db"]
     replicated = replication.health(current_app.config)
     chart = charts.bar_chart([(outcome, count, f"{count:,}") for outcome, count in sorted(outcomes.items())],
                              "Callbacks in the last hour by outcome")
     return render_template(
-        "console/overview.html", database=state["label"], replication=replicated,
+        "console/overview.html", database=_where(), replication=replicated,
         last_sync_age=_age(replicated.get("replication_last_sync")), liabilities=liabilities,
         today=today_text, today_day=_day(today), outcomes=outcomes, capped=capped, chart=chart,
         stale=stale, attention=attention, cap=books.COUNT_CAP, stale_minutes=STALE_MINUTES)
