@@ -209,6 +209,27 @@ def test_bad_console_input_is_a_page_saying_what(console):
         assert response.mimetype == "text/html"
 
 
+def test_text_no_engine_stores_finds_nothing_and_changes_nothing(console, wallet):
+    wallet.deposit("5.00")
+    assert wallet.start("g-open").json == {"result": True}
+    signed_in(console)
+    response = console.get("/console/players?q=player%00")
+    assert response.status_code == 200 and "No player" in response.text
+    console.get("/console/refunds?game=g-open")
+    assert console.post("/console/refunds", {"game": "g-open", "note": "stuck\x00"}).status_code == 400
+    assert console.post("/console/refunds", {"game": "g\x00", "note": "stuck"}).status_code == 302
+    assert query(wallet.database, "SELECT status FROM games") == [("open",)]
+
+
+def test_the_database_away_is_a_503_page(app_on, tmp_path):
+    console = Console(app_on("postgresql://127.0.0.1:1/nowhere?connect_timeout=1", SECRET_KEY=SECRET).test_client())
+    signed_in_response = console.sign_in()  # signing in needs no database
+    assert signed_in_response.status_code == 302
+    response = console.get("/console/")
+    assert response.status_code == 503 and response.mimetype == "text/html"
+    assert response.headers["Retry-After"] == "1" and "database is unavailable" in response.text
+
+
 def test_the_report_adds_up_to_the_reconciliation(console, wallet, client):
     wallet.deposit("100.00")
     for n, (bet, status, payout) in enumerate([(1, "win", 2.5), (2, "lose", 0), (3, None, None), (0.35, "win", 3.3)]):

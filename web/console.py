@@ -281,7 +281,7 @@ def players():
     """Find players by id, exact or prefix."""
     text = request.args.get("q", "")
     found, more = ([], False)
-    if text.strip():
+    if schemas.IDENTIFIER.match(text):  # no player's id holds anything else
         found, more = books.find_players(db.get_db(), text)
         if len(found) == 1 and found[0] == text:
             return redirect(url_for("console.player", player_id=text))
@@ -457,8 +457,8 @@ def _cursor(name):
 def _note():
     """What goes on the ledger row: the signed-in operator and the reason they gave."""
     reason = " ".join(request.form.get("note", "").split())
-    if not reason or len(reason) > NOTE_MAX:
-        raise ConsoleRefusal(400, f"Say why (a note of 1 to {NOTE_MAX} characters): it is kept with the movement. "
+    if not reason or len(reason) > NOTE_MAX or not schemas.IDENTIFIER.match(reason):
+        raise ConsoleRefusal(400, f"Say why (a note of 1 to {NOTE_MAX} printing characters): it is kept with the movement. "
                                   "Nothing was changed.")
     return f"console {session['operator']}: {reason}"
 
