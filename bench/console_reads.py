@@ -15,7 +15,6 @@ lists must stay within a second or two (issue 22).
 """
 
 import argparse
-import importlib.util
 import re
 import statistics
 import sys
@@ -24,14 +23,10 @@ import time
 import types
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
-import app as app_module  # noqa: E402  (first: the service's callbacks.py, not bench/callbacks.py)
-import db  # noqa: E402
+import callbacks as loadbench  # noqa: E402  (bench/callbacks.py, beside this file: the history and the engines)
 
-_spec = importlib.util.spec_from_file_location("loadbench", BENCH / "callbacks.py")
-loadbench = importlib.util.module_from_spec(_spec)  # bench/callbacks.py: the history and the engines
-_spec.loader.exec_module(loadbench)
+import app as app_module  # noqa: E402  (bench/callbacks.py put the repository on the path)
+import db  # noqa: E402
 
 PAGES = (
     ("overview", "/console/"),

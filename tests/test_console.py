@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-import books
 import db
-from conftest import ADMIN_TOKEN, query
+from harness.samples import ADMIN_TOKEN
+from money import books
+from tests.support import execute, forget_stores, query
 
 SECRET = "console-secret-for-tests"
 EVIL = "<img src=x onerror=alert(1)>"
@@ -255,8 +256,6 @@ def _cents(text):
 def test_an_earlier_database_gains_the_note_column(database, make_app, wallet):
     wallet.deposit("1.00")
     db.close_all(wallet.app)
-    from conftest import execute, forget_stores
-
     execute(database, "ALTER TABLE ledger DROP COLUMN note")  # as 1.0 made it
     forget_stores()
     app = make_app()

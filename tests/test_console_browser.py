@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import ENGINES, FINISH, START, body, execute, module_gunicorn
+from harness.samples import CALLBACK_TOKEN, FINISH, START, body
+from tests.support import ENGINES, execute, module_gunicorn
 
 CHROMIUM = os.environ.get("CONSOLE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
@@ -73,7 +74,7 @@ def served(request, tmp_path_factory):
         assert server.callback(body(START, **{"game.id": f"{EVIL}-game", "session.playerId": EVIL,
                                               "session.gameId": EVIL}))[0] == 200
         assert server.callback(body(FINISH, **{"game.id": "g-ghost"}))[0] == 409
-        assert server.request("POST", "/callback/cb-9f2c4e1a-secret", b'{"type": "start", "game":')[0] == 400
+        assert server.request("POST", f"/callback/{CALLBACK_TOKEN}", b'{"type": "start", "game":')[0] == 400
         execute(server.database, "UPDATE games SET started_at = started_at - ? WHERE game_id LIKE 'g-stuck-%'",
                 [2 * HOUR_MS])
         yield server

@@ -29,6 +29,7 @@ from money import books
 from money.refusals import ApiError
 from money.units import now_ms, to_text
 from money.views import player_wallets
+from store import describe_url
 from web import charts
 
 HERE = Path(__file__).resolve().parent
@@ -238,7 +239,7 @@ def _where():
     PostgreSQL server's host, port and database (never a password)."""
     config = current_app.config
     if config.get("DATABASE_URL"):
-        return db.describe_url(config["DATABASE_URL"])
+        return describe_url(config["DATABASE_URL"])
     return f"SQLite file {Path(config['DATABASE_PATH']).name}"
 
 
