@@ -85,6 +85,9 @@ def test_the_session_cookie_is_signed_http_only_strict_and_secure_unless_said_ot
         assert cookie.startswith("wallet_console=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert "Path=/console/" in cookie and "Expires=" in cookie
         assert ("Secure" in cookie.split("; ")) is secure
+        # Over plain HTTP a Secure cookie would not come back: the form says how to go on.
+        page = make_app(SECRET_KEY=SECRET, **settings).test_client().get("/console/sign-in").text
+        assert ('id="plain-http"' in page) is secure
 
 
 def test_a_cookie_signed_with_another_key_is_no_session(make_app, console):

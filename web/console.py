@@ -167,6 +167,13 @@ def _failed(address):
         table[address] = (count + 1, time.monotonic() + min(2**count, SLOW_DOWN_MAX_S))
 
 
+@bp.context_processor
+def plain_http():
+    """Whether the Secure session cookie would not come back (a plain HTTP page): the sign-in
+    form then says how to go on."""
+    return {"plain_http": current_app.config["SESSION_COOKIE_SECURE"] and not request.is_secure}
+
+
 @bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in():
     """The sign-in form: the operator's name and ADMIN_TOKEN, posted, never in a URL."""
