@@ -4,6 +4,7 @@ note on the ledger, escaping, and the reads it adds to the books (tests/test_con
 drives the same pages in a real Chromium)."""
 
 import csv
+import html
 import io
 import logging
 import re
@@ -201,6 +202,15 @@ def test_every_id_is_text_never_markup(console, wallet):
     assert "&lt;img src=x onerror=alert(1)&gt;" in player.text and "&lt;img" in game.text
     csv_text = console.get("/console/reports.csv?by_game=1").text
     assert list(csv.reader(io.StringIO(csv_text)))[1][2] == EVIL  # plain text in a CSV: no formula, no markup
+
+
+def test_a_raw_body_is_shown_as_sent_only_indented(console, wallet):
+    raw = b'{"type": "start", "game": {"id": "g-dup", "bet": 2.675, "payout": 1e400}, "game": {"id": "<b>"}}'
+    assert wallet.callback(raw).status_code == 400  # a repeated key: refused, kept in the audit
+    signed_in(console)
+    page = html.unescape(console.get("/console/attention?outcome=invalid").text)
+    assert '"bet": 2.675,\n    "payout": 1e400\n  }' in page
+    assert page.count('"game": {') == 2 and '"id": "<b>"' in page
 
 
 def test_bad_console_input_is_a_page_saying_what(console):

@@ -471,14 +471,44 @@ def _note():
     return f"console {session['operator']}: {reason}"
 
 
+class _Literal(str):
+    """A JSON number or constant exactly as the body wrote it (2.675, 1e400, NaN)."""
+
+
+class _Pairs(list):
+    """A JSON object's members in order, a repeated key kept: the body as sent, not as read."""
+
+
 def _pretty(body):
-    """A raw body as text: indented when it is JSON, as received otherwise."""
+    """A raw body as text: indented when it is JSON (every number, key and repeat as written),
+    as received otherwise."""
     if body is None:
         return None
     try:
-        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-    except ValueError:
+        value = json.loads(body, parse_float=_Literal, parse_int=_Literal, parse_constant=_Literal,
+                           object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
         return body
+    try:
+        return _indent(value, "")
+    except RecursionError:
+        return body
+
+
+def _indent(value, margin):
+    inner = margin + "  "
+    if isinstance(value, _Pairs):
+        if not value:
+            return "{}"
+        return "{\n" + ",\n".join(f"{inner}{json.dumps(key, ensure_ascii=False)}: {_indent(item, inner)}"
+                                  for key, item in value) + f"\n{margin}}}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        return "[\n" + ",\n".join(inner + _indent(item, inner) for item in value) + f"\n{margin}]"
+    if isinstance(value, _Literal):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _report_range():
