@@ -54,11 +54,11 @@ SLOW_DOWN_MAX_S = 60
 
 
 def init_app(app):
-    """Enable the console when SECRET_KEY is set (saying so once in the log when it is not),
-    with its session cookie's settings."""
+    """Register the console with its session cookie's settings; return whether it is on
+    (SECRET_KEY set: the caller says so in the log when it is not)."""
     config = app.config
     config["SECRET_KEY"] = (config.get("SECRET_KEY") or "").strip() or None
-    config["CONSOLE_INSECURE_COOKIE"] = str(config.get("CONSOLE_INSECURE_COOKIE") or "").strip() in ("1", "true", "yes")
+    config["CONSOLE_INSECURE_COOKIE"] = str(config.get("CONSOLE_INSECURE_COOKIE") or "").strip().lower() in ("1", "true", "yes", "on")
     config.setdefault("CONSOLE_IDLE_SECONDS", IDLE_SECONDS)
     config.update(
         SESSION_COOKIE_NAME="wallet_console",
