@@ -70,6 +70,9 @@ def test_without_a_secret_key_the_console_is_off_and_the_start_says_so(make_app,
     assert response.status_code == 404
     assert "set SECRET_KEY" in response.text
     assert "Set-Cookie" not in response.headers
+    # With SECRET_KEY but no ADMIN_TOKEN there is nothing to sign in with: off too.
+    response = make_app(SECRET_KEY=SECRET, ADMIN_TOKEN=None).test_client().get("/console/sign-in")
+    assert response.status_code == 404 and "ADMIN_TOKEN" in response.text
 
 
 def test_every_page_needs_signing_in(console):
