@@ -23,10 +23,13 @@ import time
 import types
 from pathlib import Path
 
-import callbacks as loadbench  # noqa: E402  (bench/callbacks.py, beside this file: the history and the engines)
-
-import app as app_module  # noqa: E402  (bench/callbacks.py put the repository on the path)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: bench.*, harness, app
+import app as app_module  # noqa: E402
 import db  # noqa: E402
+from bench.engines import PostgresEngine, SQLiteEngine  # noqa: E402
+from bench.fill import history  # noqa: E402
+from bench.servers import init_db  # noqa: E402
+from harness.samples import ADMIN_TOKEN, store_settings  # noqa: E402
 
 PAGES = (
     ("overview", "/console/"),
@@ -52,20 +55,19 @@ def timed(call, repeat):
 
 
 def measure(engine, args, workdir):
-    settings = types.SimpleNamespace(synchronous="NORMAL", log_level="WARNING", workers=1)
     target = engine.new_database(f"console_{args.games}")
-    loadbench.init_db(loadbench.service_env(settings, engine.settings(target)))
+    init_db(types.SimpleNamespace(synchronous="NORMAL", log_level="WARNING"), target)
     began = time.perf_counter()
-    engine.load(target, loadbench.history(args.games, args.players, "objectid"))
+    engine.load(target, history(args.games, args.players, "objectid"))
     print(f"\n{engine.name}: {args.games:,} games over 30 days, {args.players:,} wallets, "
           f"loaded in {time.perf_counter() - began:.0f} s", flush=True)
-    app = app_module.create_app({**engine.settings(target), "ADMIN_TOKEN": loadbench.ADMIN_TOKEN,
+    app = app_module.create_app({**store_settings(target), "ADMIN_TOKEN": ADMIN_TOKEN,
                                  "SECRET_KEY": "bench", "CURRENCY_DECIMALS": "USD=2", "LOG_LEVEL": "WARNING"})
     client = app.test_client()
     page = client.get("/console/sign-in").get_data(as_text=True)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     assert client.post("/console/sign-in", data={"csrf_token": csrf, "name": "bench",
-                                                   "token": loadbench.ADMIN_TOKEN}).status_code == 302
+                                                   "token": ADMIN_TOKEN}).status_code == 302
     month_ago = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 30 * 86400))
 
     def get(path, headers=None):
@@ -76,7 +78,7 @@ def measure(engine, args, workdir):
         with app.app_context():
             db.get_db().execute("SELECT count(*), sum(bet) FROM games").fetchone()
 
-    api_page = timed(lambda: get("/api/games", {"Authorization": f"Bearer {loadbench.ADMIN_TOKEN}"}), args.repeat)
+    api_page = timed(lambda: get("/api/games", {"Authorization": f"Bearer {ADMIN_TOKEN}"}), args.repeat)
     scan = timed(full_scan, args.repeat)
     print(f"  reference: GET /api/games {api_page * 1000:8.1f} ms; full scan of games {scan * 1000:8.1f} ms")
     print(f"  {'page':32} {'ms':>9} {'/ API page':>11} {'/ full scan':>12}")
@@ -101,9 +103,9 @@ def main():
     workdir = tempfile.mkdtemp(prefix="console-bench-")
     engines = []
     if args.engine in ("sqlite", "both"):
-        engines.append(loadbench.SQLiteEngine(args, workdir))
+        engines.append(SQLiteEngine(args, workdir))
     if args.engine in ("postgresql", "both"):
-        engines.append(loadbench.PostgresEngine(types.SimpleNamespace(
+        engines.append(PostgresEngine(types.SimpleNamespace(
             database_url=args.database_url, keep=False, synchronous="NORMAL")))
     try:
         for engine in engines:
