@@ -10,7 +10,7 @@ import db
 import replication
 from cli import commands, simulator
 from money.units import parse_currency_decimals
-from web import api, callbacks, errors, metrics, openapi, paths
+from web import api, callbacks, console, errors, metrics, openapi, paths
 from web.serving import parse_metrics_port
 
 ENVIRONMENT = (
@@ -26,6 +26,8 @@ ENVIRONMENT = (
     "SQLITE_SYNCHRONOUS",
     "LOG_LEVEL",
     "LITESTREAM_REPLICA_URL",
+    "SECRET_KEY",
+    "CONSOLE_INSECURE_COOKIE",
 )
 
 
@@ -52,6 +54,8 @@ def create_app(test_config=None):
         SQLITE_SYNCHRONOUS="FULL",
         LOG_LEVEL="INFO",
         LITESTREAM_REPLICA_URL=None,
+        SECRET_KEY=None,
+        CONSOLE_INSECURE_COOKIE="",
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     app.config.update({key: os.environ[key] for key in ENVIRONMENT if key in os.environ})
@@ -73,6 +77,8 @@ def create_app(test_config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
+    if not console.init_app(app) and serving:
+        app.logger.info("the operator's console (/console/) is off: set SECRET_KEY (and ADMIN_TOKEN) to turn it on")
     app.cli.add_command(commands.wallet_cli)
     app.cli.add_command(simulator.simulate_command)
     if app.config["TRUSTED_PROXIES"]:

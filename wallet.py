@@ -47,8 +47,11 @@ def _minor_or_invalid(db, amount, currency, *path):
     raise ValidationError(message)
 
 
-def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None):
+def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None, note=None):
     """Change a balance and write its ledger row; the only place a balance changes.
+
+    `note` says who moved the money by hand and why (the console's operator); it is kept on
+    the ledger row.
 
     Returns the wallet's id, or None (and changes nothing) when there is no such wallet or it
     would go negative; refuses (409) a credit that would take it past MAX_MINOR.
@@ -63,9 +66,9 @@ def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None):
     if row is None:
         return None
     db.execute(
-        "INSERT INTO ledger (wallet_id, amount, balance_after, kind, game_id, reference, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [row["id"], amount, row["balance"], kind, game_id, reference, now],
+        "INSERT INTO ledger (wallet_id, amount, balance_after, kind, game_id, reference, created_at, note) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [row["id"], amount, row["balance"], kind, game_id, reference, now, note],
     )
     return row["id"]
 
@@ -291,10 +294,11 @@ def record_callback(db, audit, result, response_text):
 # --- refunds of bets that never got a finish --------------------------------------------
 
 
-def refund_game(db, game_id):
+def refund_game(db, game_id, note=None):
     """Return an open bet's stake to its wallet, once; return (HTTP status, body).
 
-    A repeat answers the first answer again and moves nothing. A settled game cannot be
+    `note` (who refunded it and why) goes on the refund's ledger row. A repeat answers the
+    first answer again and moves nothing (the first refund's note stays). A settled game cannot be
     refunded (409); the game's later `finish` is refused and a repeated `start` declined.
     """
     now = now_ms()
@@ -307,7 +311,7 @@ def refund_game(db, game_id):
             return 200, json.loads(game["refund_response"])
         if game["status"] != "open":
             raise ApiError(409, "conflict", f"Game {game_id!r} is already settled ({game['status']}); it cannot be refunded.")
-        _move(db, game["wallet_id"], game["bet"], "refund", now, game_id=game_id)
+        _move(db, game["wallet_id"], game["bet"], "refund", now, game_id=game_id, note=note)
         refunded = {**dict(game), "status": "refunded", "refunded_at": now}
         body = {"game": game_view(db, refunded), "wallet": wallet_view(db, game["player_id"], game["currency"], now)}
         db.execute(
@@ -329,8 +333,11 @@ def stale_games(db, older_than_ms, now=None):
 # --- the operator's deposits, withdrawals and balances ----------------------------------
 
 
-def move_funds(db, kind, player_id, currency, amount, reference):
+def move_funds(db, kind, player_id, currency, amount, reference, note=None):
     """Deposit or withdraw once per reference; return (HTTP status, wallet body).
+
+    `note` (who moved it and why) goes on the ledger row; it is not part of what a repeat
+    must match: the first movement's note stays.
 
     A repeat of the same reference with the same request answers the first answer again
     (200) and moves nothing; with another request it is a 409. A withdrawal above the
@@ -369,7 +376,7 @@ def move_funds(db, kind, player_id, currency, amount, reference):
             )
         wallet = wallet_row(db, player_id, currency)
         signed = minor if kind == "deposit" else -minor
-        if wallet is None or not _move(db, wallet["id"], signed, kind, now, reference=reference):
+        if wallet is None or not _move(db, wallet["id"], signed, kind, now, reference=reference, note=note):
             balance = to_text(db, wallet["balance"] if wallet else 0, currency)
             raise ApiError(
                 409,

@@ -75,6 +75,7 @@ def ledger_view(db, row):
         "balance_after": to_text(db, row["balance_after"], row["currency"]),
         "game_id": row["game_id"],
         "reference": row["reference"],
+        "note": row["note"],
         "created_at": iso(row["created_at"]),
     }
 
@@ -290,3 +291,118 @@ def _expected_movements(game):
     if game["status"] == "refunded":
         return [("bet", -bet), ("refund", bet)]
     return None
+
+
+
+# --- the console's reads: each bounded, each on an index ---------------------------------
+
+DAY_MS = 86_400_000
+COUNT_CAP = 10_000  # counts shown on the overview stop here ("10,000 or more")
+ATTENTION = ("conflict", "invalid", "error")  # callback outcomes someone should look at
+
+
+def capped_count(db, table, condition, params=()):
+    """How many rows of `table` match `condition`, counting at most COUNT_CAP + 1 of them."""
+    return db.execute(f"SELECT count(*) AS n FROM (SELECT 1 FROM {table} WHERE {condition} LIMIT ?) AS capped",
+                      [*params, COUNT_CAP + 1]).fetchone()["n"]
+
+
+def count_stale(db, cutoff_ms):
+    """Open bets started before `cutoff_ms` (the index on status and start), at most COUNT_CAP + 1."""
+    return capped_count(db, "games", "status = 'open' AND started_at < ?", [cutoff_ms])
+
+
+def list_stale(db, cutoff_ms, limit=100, cursor=None):
+    """Open bets started before `cutoff_ms`, oldest first, a page at a time."""
+    where, params = ["status = 'open'", "started_at < ?"], [cutoff_ms]
+    if cursor is not None:
+        started_at, game_id = decode_cursor(cursor, (int, str))
+        where.append("(started_at > ? OR (started_at = ? AND game_id > ?))")
+        params += [started_at, started_at, game_id]
+    rows = db.execute(f"SELECT * FROM games WHERE {' AND '.join(where)} ORDER BY started_at, game_id LIMIT ?",
+                      [*params, limit + 1]).fetchall()
+    games, next_cursor = _page(db, rows, limit, lambda row: (row["started_at"], row["game_id"]), game_view)
+    return {"games": games, "next_cursor": next_cursor}
+
+
+def count_attention(db):
+    """Callbacks answered conflict, invalid or error (their partial index), at most COUNT_CAP + 1."""
+    outcomes = ", ".join(f"'{outcome}'" for outcome in ATTENTION)
+    return capped_count(db, "callbacks", f"outcome IN ({outcomes}) AND {uncommon('outcome')}")
+
+
+def first_callback_since(db, since_ms):
+    """The id of the first callback received at or after `since_ms` (None if none): a binary
+    search over the ids, which grow with the time of receipt, each step one primary-key read."""
+    # Apart: SQLite reads min() or max() off the primary key only when it is the one aggregate.
+    low = db.execute("SELECT min(id) AS low FROM callbacks").fetchone()["low"]
+    high = db.execute("SELECT max(id) AS high FROM callbacks").fetchone()["high"]
+    if high is None:
+        return None
+    if db.execute("SELECT received_at FROM callbacks WHERE id = ?", [high]).fetchone()["received_at"] < since_ms:
+        return None
+    first = "SELECT id, received_at FROM callbacks WHERE id >= ? ORDER BY id LIMIT 1"
+    while low < high:  # the smallest id whose first callback at or after it is recent enough
+        middle = (low + high) // 2
+        if db.execute(first, [middle]).fetchone()["received_at"] >= since_ms:
+            high = middle
+        else:
+            low = middle + 1
+    return db.execute(first, [low]).fetchone()["id"]
+
+
+def outcomes_since(db, since_ms, scan_cap=200_000):
+    """Callbacks received since `since_ms`, counted by outcome: {outcome: n}, and whether the
+    count stopped at the last `scan_cap` callbacks (a busy hour)."""
+    first = first_callback_since(db, since_ms)
+    if first is None:
+        return {}, False
+    newest = db.execute("SELECT max(id) AS newest FROM callbacks").fetchone()["newest"]
+    start = max(first, newest - scan_cap + 1)
+    counts = {row["outcome"]: row["n"] for row in db.execute(
+        "SELECT outcome, count(*) AS n FROM callbacks WHERE id >= ? GROUP BY outcome ORDER BY outcome", [start])}
+    return counts, start > first
+
+
+def liabilities(db):
+    """What the wallets hold, per currency: {currency: (wallets, total in minor units)}."""
+    return {row["currency"]: (row["wallets"], total(row)) for row in db.execute(
+        f"SELECT currency, count(*) AS wallets, {exact_sum('balance')} FROM wallets GROUP BY currency ORDER BY currency")}
+
+
+def find_players(db, text, limit=50):
+    """Players whose id is `text` or starts with it, in id order (the index on wallets), and
+    whether there are more."""
+    rows = db.execute(
+        "SELECT DISTINCT player_id FROM wallets WHERE player_id >= ? AND player_id < ? ORDER BY player_id LIMIT ?",
+        [text, text + "\U0010ffff", limit + 1]).fetchall()
+    players = [row["player_id"] for row in rows if row["player_id"].startswith(text)]
+    return players[:limit], len(rows) > limit
+
+
+REPORT_FIELDS = ("rounds", "stakes", "payouts", "refunds", "ggr")
+
+
+def daily_report(db, since_ms, until_ms, by_game=False):
+    """Per day (UTC, by the start's receipt) and currency, and per game name if `by_game`:
+    rounds (accepted bets), stakes, payouts, refunds and GGR (stakes - payouts - refunds),
+    amounts in minor units, for the games started in [since_ms, until_ms); a declined start is
+    no round. One statement per day through the index on the start's time, all in one
+    snapshot: grouping a day's rows costs far less than sorting a month's (measured, 1,000,000
+    games: 0.6 of one statement grouping by day), and no statement runs long."""
+    game = ", game_name" if by_game else ""
+    refunds = "CASE WHEN status = 'refunded' THEN bet END"
+    statement = (
+        f"SELECT currency{game}, count(*) AS rounds, {exact_sum('bet', 'bets')}, {exact_sum('credit', 'credits')}, "
+        f"{exact_sum(refunds, 'refunds')} FROM games "
+        f"WHERE started_at >= ? AND started_at < ? AND status <> 'declined' GROUP BY currency{game}")
+    lines = []
+    with db.snapshot():
+        for day in range(since_ms - since_ms % DAY_MS, until_ms, DAY_MS):
+            rows = db.execute(statement, [max(day, since_ms), min(day + DAY_MS, until_ms)]).fetchall()
+            for row in sorted(rows, key=lambda row: (row["currency"], (row["game_name"] or "") if by_game else "")):
+                stakes, payouts, refunded = total(row, "bets"), total(row, "credits"), total(row, "refunds")
+                lines.append({"day": day, "currency": row["currency"], "game_name": row["game_name"] if by_game else None,
+                              "rounds": row["rounds"], "stakes": stakes, "payouts": payouts, "refunds": refunded,
+                              "ggr": stakes - payouts - refunded})
+    return lines

@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict  # noqa: E402
 
 from store.base import ConfigurationError, DatabaseUnavailable, Store  # noqa: E402
 from store.copy import copy_books  # noqa: E402
-from store.schema import INDEXES, REPLACED_INDEXES, TABLES, index_name, index_statements  # noqa: E402
+from store.schema import INDEXES, REPLACED_INDEXES, TABLES, index_name, index_statements, missing_columns  # noqa: E402
 from store.sqlite import SQLiteStore  # noqa: E402
 
 # Set only where the URL does not say otherwise.
@@ -282,9 +282,14 @@ class PostgresStore(Store):
     def _missing(self):
         tables = set(self.table_names())
         indexes = {row[0] for row in self.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+        present = {}
+        for table, column in self.execute(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"):
+            present.setdefault(table, set()).add(column)
         return ([name for name in TABLES if name not in tables],
                 [index for index in INDEXES if index_name(*index[:2], index[3]) not in indexes],
-                [name for name in REPLACED_INDEXES if name in indexes])
+                [name for name in REPLACED_INDEXES if name in indexes],
+                missing_columns({name: present[name] for name in tables if name in present}))
 
     def create_schema(self):
         """Create what is missing (and drop REPLACED_INDEXES), under an advisory lock so
@@ -294,9 +299,11 @@ class PostgresStore(Store):
             return
         with self.transaction():
             self.execute("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK])
-            tables, indexes, replaced = self._missing()  # another instance may have made them meanwhile
+            tables, indexes, replaced, columns = self._missing()  # another instance may have made them meanwhile
             for name in tables:
                 self.execute(_table_ddl(name, TABLES[name]))
+            for name, column, kind in columns:  # a database an earlier version made
+                self.execute(f"ALTER TABLE {name} ADD COLUMN {column} {TYPES[kind]}")
             for statement in index_statements(indexes, replaced):
                 self.execute(statement)
 

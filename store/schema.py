@@ -28,6 +28,7 @@ TABLES = {
             "game_id": str,
             "reference": str,
             "created_at": int,  # epoch ms
+            "note": str,  # who moved the money by hand and why (added after 1.0: NULL on older rows)
         },
         "pk": "id",
         "not_null": {"wallet_id", "amount", "balance_after", "kind", "created_at"},
@@ -122,6 +123,15 @@ INDEXES = (
 )
 # Made whole by earlier versions, now partial (above): dropped where found.
 REPLACED_INDEXES = ("idx_games_wallet_id_settled_at", "idx_callbacks_outcome_id", "idx_callbacks_type_id")
+
+
+def missing_columns(present):
+    """The columns of TABLES that a database made by an earlier version lacks, as (table,
+    column, type): `present` maps each table to the names of its columns. Every column added
+    after a table's first version may be NULL, so adding it to existing rows is all an
+    upgrade needs."""
+    return [(name, column, kind) for name, table in TABLES.items() if name in present
+            for column, kind in table["columns"].items() if column not in present[name]]
 
 
 def index_name(table, columns, condition=None):

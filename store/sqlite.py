@@ -9,7 +9,7 @@ import time
 import sqlite_utils
 
 from store.base import ConfigurationError, DatabaseUnavailable, Store
-from store.schema import TABLES, index_statements
+from store.schema import TABLES, index_statements, missing_columns
 
 BUSY_TIMEOUT_MS = 10_000
 # With Litestream replicating (replication.py) it checkpoints the WAL itself once it has
@@ -163,6 +163,8 @@ class SQLiteStore(Store):
                     foreign_keys=table.get("foreign_keys"),
                     if_not_exists=True,
                 )
+            for name, column, kind in missing_columns({name: set(self.db[name].columns_dict) for name in TABLES}):
+                self.db[name].add_column(column, kind)  # a database an earlier version made
             for statement in index_statements():
                 self.execute(statement)
             for name, table in TABLES.items():

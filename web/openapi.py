@@ -76,6 +76,8 @@ class LedgerEntrySchema(Schema):
     balance_after = Money(required=True)
     game_id = fields.String(allow_none=True)
     reference = fields.String(allow_none=True)
+    note = fields.String(allow_none=True, metadata={
+        "description": "Who moved the money from the operator's console, and why; null otherwise."})
     created_at = fields.String(required=True, metadata={"format": "date-time"})
 
 
