@@ -181,6 +181,29 @@ def test_other_callback_types_are_answered_and_kept_for_review(wallet):
     assert json.loads(row["body"])["anything"] == [1, 2]
 
 
+@pytest.mark.parametrize("near_miss", ["Finish", "finish ", "FINISH", "finish\u200b", " finish", "fin ish",
+                                       "\ufeffFINISH", "\uff46\uff49\uff4e\uff49\uff53\uff48", "Start", "START\t"])
+def test_a_type_that_reads_as_start_or_finish_but_is_not_is_refused_naming_type(wallet, near_miss):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    before = wallet.books()
+    response = wallet.finish(payout=5, type=near_miss)
+    assert response.status_code == 400, response.json
+    assert response.json["error"] == "validation_error" and list(response.json["fields"]) == ["type"]
+    assert wallet.books() == before
+    assert wallet.audit()[-1]["outcome"] == "invalid"
+    assert wallet.finish(payout=5).json == {} and wallet.balance() == "14.00"  # the real finish still settles
+
+
+@pytest.mark.parametrize("other", ["rollback", "finished", "restart", "Finish-2", "startup"])
+def test_a_type_merely_like_start_or_finish_is_another_type(wallet, other):
+    wallet.deposit("10.00")
+    wallet.start(bet=1)
+    response = wallet.finish(payout=5, type=other)
+    assert (response.status_code, response.json) == (200, {})
+    assert wallet.audit()[-1]["outcome"] == "ignored"
+
+
 def test_every_callback_is_audited_with_its_answer(wallet):
     wallet.deposit("1.00")
     answers = [

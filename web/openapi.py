@@ -214,8 +214,11 @@ def _callback_variants(components):
     game["required"] = sorted({*game["required"], "payout"})
     components["FinishGame"] = game
     other = {"type": "object", "required": ["type"], "properties": {"type": {
-        **callback["properties"]["type"], "not": {"enum": list(schemas.HANDLED_TYPES)}}},
-        "description": "Any other callback type: answered 200 {} and kept for review."}
+        **callback["properties"]["type"],
+        "not": {"anyOf": [{"enum": list(schemas.HANDLED_TYPES)}, {"pattern": schemas.NEAR_HANDLED_TYPE.pattern}]}}},
+        "description": "Any other callback type: answered 200 {} and kept for review. A type that reads as "
+                       "start or finish without being spelled exactly so (another case or width, spaces or "
+                       "non-printing characters) is refused with 400."}
     components.update(StartCallback=start, FinishCallback=finish, OtherCallback=other)
     components["Callback"] = {"oneOf": [{"$ref": f"#/components/schemas/{name}"}
                                         for name in ("StartCallback", "FinishCallback", "OtherCallback")]}
