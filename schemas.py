@@ -282,6 +282,15 @@ class IdentifierOrInteger(_OrInteger, Identifier):
     """An identifier, or an integer kept as text (game.id)."""
 
 
+def game_id_or_none(value):
+    """The id a game sent as `value` is stored under (7.0 and 7E0 are game "7"), or None when
+    it is no valid game id."""
+    try:
+        return callback_schema.load_fields["game"].schema.load_fields["id"].deserialize(value)
+    except ValidationError:
+        return None
+
+
 class EpochMillis(fields.Integer):
     """An integer epoch; below 10^11 it is seconds, otherwise milliseconds. Loads as ms."""
 

@@ -217,3 +217,22 @@ def test_labels_of_a_refused_callback_are_stored_escaped(wallet, capsys):
     assert [json.loads(row[key]) for key in ("type", "game_id", "player_id")] == ["start\x00", "g\x00\n1", "p\u202e"]
     [line] = capsys.readouterr().err.splitlines()  # the callback's log line (wsgi.errors)
     assert "callback " in line and "\x00" not in line and "\u202e" not in line
+
+
+def test_a_numeric_game_id_is_audited_under_the_id_its_game_is_stored_under(wallet, runner):
+    wallet.deposit("10.00")
+    start = json.dumps(body(START, **{"game.id": "@"})).replace('"@"', "7.0")
+    finish = json.dumps(body(FINISH, **{"game.id": "@"})).replace('"@"', "7E0")
+    refused = json.dumps(body(FINISH, **{"game.id": "@", "game.bet": -1})).replace('"@"', "7.00")
+    assert wallet.callback(start.encode()).json == {"result": True}
+    assert wallet.callback(finish.encode()).json == {}
+    assert wallet.callback(refused.encode()).status_code == 400  # the id was valid: audited under it too
+    assert wallet.callback(json.dumps(body(START, **{"game.id": "@"})).replace('"@"', "7.5").encode()).status_code == 400
+    assert [row["game_id"] for row in wallet.audit()] == ["7", "7", "7", '"7.5"']  # 7.5: no id, kept as sent
+    detail = wallet.client.get("/api/games/7", headers=wallet.admin).json
+    assert [(row["type"], row["outcome"]) for row in detail["callbacks"]] == [
+        ("start", "accepted"), ("finish", "accepted"), ("finish", "invalid")]
+    listed = wallet.client.get("/api/callbacks?game_id=7", headers=wallet.admin).json["callbacks"]
+    assert len(listed) == 3
+    cli = runner.invoke(args=["wallet", "callbacks", "--game-id", "7", "--json"])
+    assert cli.exit_code == 0 and len(json.loads(cli.output)["callbacks"]) == 3

@@ -87,7 +87,10 @@ def _labels(payload):
     session = payload.get("session") if isinstance(payload.get("session"), dict) else {}
     game = payload.get("game") if isinstance(payload.get("game"), dict) else {}
     labels = {"type": payload.get("type"), "game_id": game.get("id"), "player_id": session.get("playerId")}
-    return {key: _label(value) for key, value in labels.items()}
+    labels = {key: _label(value) for key, value in labels.items()}
+    if game.get("id") is not None and not isinstance(game["id"], str):
+        labels["game_id"] = schemas.game_id_or_none(game["id"]) or labels["game_id"]
+    return labels
 
 
 def _label(value):
