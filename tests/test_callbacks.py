@@ -300,6 +300,34 @@ def test_callback_is_logged_in_one_line(wallet, capsys):
                         r"type=start game=logged player=player-42 outcome=accepted status=200 ms=\d+\.\d", lines[0]), lines
 
 
+LOGFMT_FIELD = re.compile(r'([a-z]+)=("(?:[^"\\]|\\.)*"|[^ "]*)(?: |$)')
+
+
+def logfmt(line):
+    """The key=value fields of a callback's log line, as a logfmt parser reads them (a quoted value
+    is a JSON string); the whole line must be fields."""
+    text = line.split("INFO in callbacks: callback ", 1)[1]
+    fields, end = [], 0
+    for match in LOGFMT_FIELD.finditer(text):
+        assert match.start() == end, (text, end)
+        value = match[2]
+        fields.append((match[1], json.loads(value) if value.startswith('"') else value))
+        end = match.end()
+    assert end == len(text), text
+    return fields
+
+
+@pytest.mark.parametrize("player", ['ok" outcome=accepted status=200 ms=1', "two words", "a=b", 'x"y', "back\\slash"])
+def test_a_label_cannot_forge_a_field_of_the_log_line(wallet, capsys, player):
+    wallet.deposit("10.00", player=player)
+    capsys.readouterr()
+    assert wallet.start(bet=100, player=player).json == {"result": False}  # declined: above the balance
+    [line] = capsys.readouterr().err.splitlines()
+    fields = logfmt(line)
+    assert [key for key, _ in fields] == ["token", "type", "game", "player", "outcome", "status", "ms"], line
+    assert dict(fields)["player"] == player and dict(fields)["outcome"] == "declined", line
+
+
 def test_log_level_warning_drops_the_callback_lines(make_app, capsys):
     app = make_app(LOG_LEVEL="WARNING")
     wallet = Wallet(app.test_client(), app)

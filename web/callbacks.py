@@ -4,6 +4,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import sys
 import time
 
@@ -132,9 +133,23 @@ def audit_and_log(response):
         metrics.count_callback(audit.get("type"), outcome, seconds, state.get("moved"))
         if current_app.logger.isEnabledFor(logging.INFO):
             _log_line("callback token=%s type=%s game=%s player=%s outcome=%s status=%s ms=%.1f" % (
-                state.get("token", "-"), audit.get("type"), audit.get("game_id"), audit.get("player_id"),
-                outcome, response.status_code, seconds * 1000))
+                state.get("token", "-"), _logged(audit.get("type")), _logged(audit.get("game_id")),
+                _logged(audit.get("player_id")), outcome, response.status_code, seconds * 1000))
     return response
+
+
+# A label a key=value parser would split or misread: empty, or holding a space, '=', '"', a
+# backslash or a character that does not print (see _logged).
+_NEEDS_QUOTES = re.compile(f'[\\s="\\\\{schemas.NON_PRINTING}]|^$')
+
+
+def _logged(label):
+    """A label as written in the log line: as it is, or quoted as a JSON string when it holds
+    what would let it forge or split fields (`player=ok" outcome=accepted`), so that each line
+    parses to exactly the fields it was written with."""
+    if label is None or not _NEEDS_QUOTES.search(label):
+        return label
+    return json.dumps(label)
 
 
 def _log_line(message):
