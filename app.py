@@ -117,6 +117,8 @@ def _normalise_config(app):
     for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "METRICS_TOKEN", "DATABASE_URL", "LITESTREAM_REPLICA_URL"):
         config[key] = (config[key] or "").strip() or None
     try:
+        for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN"):
+            _check_token(key, config[key])
         config["CALLBACK_TOKENS"] = callbacks.parse_tokens(config["CALLBACK_TOKEN"])
         config["CURRENCY_DECIMALS"] = parse_currency_decimals(config["CURRENCY_DECIMALS"])
         config["CALLBACK_NETWORKS"] = callbacks.parse_networks(config["CALLBACK_ALLOWED_IPS"])
@@ -126,6 +128,16 @@ def _normalise_config(app):
             raise ValueError("TRUSTED_PROXIES must be 0 or more")
     except ValueError as exc:
         raise db.StartupError(f"invalid configuration: {exc}") from None
+
+
+def _check_token(key, token):
+    """Refuse a token that is not printable ASCII: HTTP carries a header's bytes as Latin-1 and
+    clients encode a non-ASCII token differently (curl sends UTF-8, Python's http.client
+    Latin-1), so such a token could never be sent reliably; better refused at start than an API
+    nobody can use."""
+    if token is not None and not all(" " <= char <= "~" for char in token):
+        raise ValueError(f"{key} must be printable ASCII (letters, digits and punctuation): clients send "
+                         "other characters in different encodings, so such a token cannot be sent reliably")
 
 
 def _configure_logging(app):

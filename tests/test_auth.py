@@ -219,3 +219,23 @@ def test_the_apps_own_log_lines_never_contain_a_callback_token(make_app, caplog,
     logged += capsys.readouterr().err  # the callbacks' lines, and anything else written there
     assert "callback token=1" in logged and "callback token=2" in logged
     assert OLD not in logged and NEW not in logged
+
+
+@pytest.mark.parametrize("setting", ["ADMIN_TOKEN", "CALLBACK_TOKEN"])
+@pytest.mark.parametrize("token", ["tök", "token\u200b", "tab\there"])
+def test_a_token_that_cannot_be_sent_as_it_is_refuses_to_start_in_one_line(setting, token, tmp_path):
+    from live import flask_cli
+
+    done = flask_cli("wallet", "balance", "player-42", **{setting: token, "DATABASE_PATH": str(tmp_path / "w.db")})
+    assert done.returncode == 1, done
+    assert done.stderr.splitlines() == [f"Error: invalid configuration: {setting} must be printable ASCII "
+                                        "(letters, digits and punctuation): clients send other characters in "
+                                        "different encodings, so such a token cannot be sent reliably"], done.stderr
+    assert not (tmp_path / "w.db").exists()
+
+
+def test_a_printable_ascii_admin_token_with_punctuation_is_sent_and_accepted(make_app):
+    token = "a-Z_0.9~!$&'()*+,;=:@%/?"
+    app = make_app(ADMIN_TOKEN=token)
+    response = app.test_client().get("/api/players/p/balances", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
