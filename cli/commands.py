@@ -140,9 +140,22 @@ def refund(game_id):
     _echo(body)
 
 
+# --older-than's bounds: past 10^11 s (3,000 years) no bet is older, and the cutoff would not fit
+# the database's 64-bit integers; below REFUND_MINIMUM_S a bet's finish may well be on its way
+# (a game can run for minutes), so refund-stale asks for --yes.
+MAX_AGE_S = 10**11
+REFUND_MINIMUM_S = 3600
+
+
+def _checked_age(ctx, param, value):
+    if value is not None and not 0 <= value <= MAX_AGE_S:
+        raise click.ClickException(f"--older-than must be between 0 and {MAX_AGE_S:,} seconds, not {value}")
+    return value
+
+
 def _older_than(function):
     return click.option(
-        "--older-than", "older_than", type=click.IntRange(min=0), required=True, metavar="SECONDS",
+        "--older-than", "older_than", type=int, required=True, metavar="SECONDS", callback=_checked_age,
         help="Only bets whose start was received more than SECONDS ago.",
     )(function)
 
@@ -159,11 +172,19 @@ def stale(older_than, as_json):
 @wallet_cli.command("refund-stale")
 @_older_than
 @click.option("--dry-run", is_flag=True, help="Only list what would be refunded.")
-def refund_stale(older_than, dry_run):
+@click.option("--yes", is_flag=True, help=f"Refund bets younger than {REFUND_MINIMUM_S} s too.")
+def refund_stale(older_than, dry_run, yes):
     """Refund every open bet older than --older-than seconds, each in its own transaction.
 
-    Safe while callbacks flow: a game whose finish arrives meanwhile is skipped.
+    Safe while callbacks flow: a game whose finish arrives meanwhile is skipped. Below
+    --older-than 3600 it needs --yes: a younger bet's winning finish may be on its way, and
+    a refunded game's finish is refused.
     """
+    if older_than < REFUND_MINIMUM_S and not dry_run and not yes:
+        raise click.ClickException(
+            f"--older-than {older_than} would refund bets started less than {REFUND_MINIMUM_S} s ago, whose "
+            "finish (a win) may be on its way and would then be refused: list them with --dry-run, and "
+            "add --yes to refund them anyway")
     totals = {}
     for game in wallet.stale_games(db.get_db(), older_than * 1000):
         label = f"{game['game_id']}  {game['player_id']}  {game['bet']} {game['currency']}  started {game['started_at']}"

@@ -16,7 +16,7 @@ from money import units
 import db
 import schemas
 import wallet as wallet_rules
-from harness.samples import FINISH, START, body
+from harness.samples import FINISH, START, body, store_settings
 from tests.support import books, execute, play_a_little, query, refund
 
 
@@ -103,6 +103,30 @@ def test_stale_lists_and_refund_stale_refunds_old_open_bets(runner, wallet):
     assert (none.exit_code, none.output) == (0, "nothing found\n")
     again = runner.invoke(args=["wallet", "refund-stale", "--older-than", "3600"])
     assert again.exit_code == 0 and "nothing" in again.output
+
+
+@pytest.mark.parametrize("command", ["stale", "refund-stale"])
+@pytest.mark.parametrize("seconds", ["99999999999999999999", "-1", "100000000001"])
+def test_an_age_out_of_range_is_refused_in_one_line(wallet, command, seconds):
+    from harness.live import flask_cli
+
+    done = flask_cli("wallet", command, "--older-than", seconds, **store_settings(wallet.database))
+    assert done.returncode == 1, done
+    assert done.stderr.splitlines() == [
+        f"Error: --older-than must be between 0 and 100,000,000,000 seconds, not {seconds}"], done.stderr
+
+
+def test_refund_stale_below_an_hour_needs_yes(runner, wallet):
+    wallet.deposit("10.00")
+    wallet.start(game_id="young", bet=1)
+    age_start(wallet, "young", 600)
+    refused = runner.invoke(args=["wallet", "refund-stale", "--older-than", "300"])  # no stdin: never a prompt
+    assert refused.exit_code == 1 and "add --yes to refund them anyway" in refused.output, refused.output
+    assert len(refused.output.splitlines()) == 1 and wallet.balance() == "9.00"
+    dry = runner.invoke(args=["wallet", "refund-stale", "--older-than", "300", "--dry-run"])
+    assert dry.exit_code == 0 and "would refund  young" in dry.output
+    done = runner.invoke(args=["wallet", "refund-stale", "--older-than", "300", "--yes"])
+    assert done.exit_code == 0 and "refunded  young" in done.output and wallet.balance() == "10.00"
 
 
 # --- reconciliation ---------------------------------------------------------------------
@@ -411,7 +435,7 @@ def test_refund_stale_racing_finishes_never_refunds_and_pays_one_game(gunicorn, 
         assert finishing.is_alive() and time.monotonic() < deadline, "the finishes stopped"
         time.sleep(0.001)
     cron = make_app(database=server.database).test_cli_runner()
-    result = cron.invoke(args=["wallet", "refund-stale", "--older-than", "0"])
+    result = cron.invoke(args=["wallet", "refund-stale", "--older-than", "0", "--yes"])
     finishing.join()
 
     assert result.exit_code == 0, result.output
