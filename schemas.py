@@ -20,9 +20,12 @@ MAX_EPOCH_MS = 10**14  # far beyond any real clock; keeps stored values sane
 EPOCH_DIGITS = re.compile(r"^[0-9]{1,15}$")  # epoch milliseconds in a query string; ASCII digits only
 MAX_DEPTH = 64  # objects and arrays inside each other; a callback needs 3
 SHOWN_DUPLICATES = 5  # duplicate keys an error message names; a body may repeat thousands
-GAME_STATUSES = ("open", "won", "lost", "refunded", "declined")
-# "error": a callback answered with a 5xx (kept in the audit by callbacks.audit_and_log).
-CALLBACK_OUTCOMES = ("accepted", "declined", "duplicate", "conflict", "invalid", "ignored", "error")
+# "unpaid": won, but the win would have taken the wallet past its largest balance; owed until
+# the operator settles it (wallet.settle_game).
+GAME_STATUSES = ("open", "won", "lost", "refunded", "declined", "unpaid")
+# "held": a finish whose win was held unpaid; "error": a callback answered with a 5xx (kept in
+# the audit by callbacks.audit_and_log).
+CALLBACK_OUTCOMES = ("accepted", "declined", "duplicate", "conflict", "held", "invalid", "ignored", "error")
 
 
 def _reject_constant(name):

@@ -47,6 +47,13 @@ def _minor_or_invalid(db, amount, currency, *path):
     raise ValidationError(message)
 
 
+class BalanceLimit(ApiError):
+    """A credit would take a wallet past MAX_MINOR (409 balance_limit); nothing moved."""
+
+    def __init__(self):
+        super().__init__(409, "balance_limit", "The credit would take the wallet past the largest balance it can hold.")
+
+
 def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None, note=None):
     """Change a balance and write its ledger row; the only place a balance changes.
 
@@ -54,7 +61,7 @@ def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None, note=N
     the ledger row.
 
     Returns the wallet's id, or None (and changes nothing) when there is no such wallet or it
-    would go negative; refuses (409) a credit that would take it past MAX_MINOR.
+    would go negative; refuses (BalanceLimit, 409) a credit that would take it past MAX_MINOR.
     """
     row = db.execute(
         "UPDATE wallets SET balance = balance + ?, updated_at = ? "
@@ -62,7 +69,7 @@ def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None, note=N
         [amount, now, wallet_id, amount, MAX_MINOR],
     ).fetchone()
     if row is None and amount > 0:
-        raise ApiError(409, "balance_limit", "The credit would take the wallet past the largest balance it can hold.")
+        raise BalanceLimit()
     if row is None:
         return None
     db.execute(
@@ -82,7 +89,7 @@ class Outcome:
 
     status: int
     body: dict
-    outcome: str  # accepted | declined | duplicate | conflict | invalid | ignored
+    outcome: str  # accepted | declined | duplicate | conflict | held | invalid | ignored
     reason: str
     moved: int = 0  # minor units an accepted start debited or an accepted finish credited
 
@@ -213,14 +220,14 @@ def _finish(db, cb, bet, now):
     new_status = "won" if result["status"] == "win" else "lost"
     payout = result["payout"]
     credit = win_credit(bet, payout) if new_status == "won" else 0
-    too_large = credit > MAX_MINOR
-    settled = not too_large and db.execute(
+    too_large = credit > MAX_MINOR  # more than any wallet can take at once: held unpaid
+    settled = db.execute(
         SETTLE_FINISH,
         [
-            new_status,
+            "unpaid" if too_large else new_status,
             _text(payout),
             _text(result.get("profit")),
-            credit,
+            None if too_large else credit,
             cb.get("data", {}).get("balance_update_delay", 0),
             cb["time"] if cb["time"] is not None else now,
             now,
@@ -231,14 +238,29 @@ def _finish(db, cb, bet, now):
         ],
     ).fetchone()
     if not settled:
-        return _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout, too_large)
-    _move(db, settled["wallet_id"], credit, "payout", now, game_id=game_id)
+        return _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout)
+    if too_large:
+        return _held(db, game_id, credit, currency)
+    try:
+        _move(db, settled["wallet_id"], credit, "payout", now, game_id=game_id)
+    except BalanceLimit:
+        db.execute("UPDATE games SET status = 'unpaid', credit = NULL WHERE game_id = ?", [game_id])
+        return _held(db, game_id, credit, currency)
     return Outcome(200, {}, "accepted", f"{new_status}: credited {to_text(db, credit, currency)} {currency}", credit)
 
 
-def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout, too_large):
-    """Why a finish settled nothing: a repeat (answered as before), a conflict, or a win too
-    large to credit (`too_large`: then it was not tried)."""
+def _held(db, game_id, credit, currency):
+    """The answer to a win the wallet cannot take (it would pass MAX_MINOR): the finish is taken
+    (200 {}: the provider must not retry for ever) and the game held `unpaid`, owing the win,
+    for the operator to settle (settle_game)."""
+    return Outcome(200, {}, "held", (
+        f"won {to_text(db, credit, currency)} {currency}, which would take the wallet past its largest balance "
+        f"({to_text(db, MAX_MINOR, currency)} {currency}): held unpaid, owed; settle it with "
+        f"`wallet settle` or POST /api/games/<game_id>/settle"))
+
+
+def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout):
+    """Why a finish settled nothing: a repeat (answered as before) or a conflict."""
     game = db.execute(
         "SELECT status, player_id, currency, bet, payout FROM games WHERE game_id = ?", [game_id]
     ).fetchone()
@@ -251,15 +273,15 @@ def _unsettled_finish(db, game_id, player_id, currency, bet, new_status, payout,
     if status == "refunded":
         return _conflict(f"game {game_id} was refunded; its finish cannot be settled")
     if status == "open":
-        if too_large:
-            raise ValidationError({"game": {"payout": ["The win (bet x payout) is too large to credit."]}})
         raise RuntimeError(f"game {game_id} is open and matches its finish, yet SETTLE_FINISH settled nothing")
+    if status == "unpaid":  # a win held unpaid: its repeat is a repeat of that win
+        status = "won"
     if status != new_status or decimal.Decimal(stored_payout) != payout:
         return _conflict(
             f"game {game_id} was settled as {status} with payout {stored_payout}; "
             f"this finish says {new_status} with payout {payout}"
         )
-    return Outcome(200, {}, "duplicate", f"game {game_id} already settled ({status})")
+    return Outcome(200, {}, "duplicate", f"game {game_id} already settled ({game[0]})")
 
 
 def _text(number):
@@ -309,6 +331,9 @@ def refund_game(db, game_id, note=None):
             raise ApiError(404, "not_found", f"No accepted bet has game id {game_id!r}.")
         if game["status"] == "refunded":
             return 200, json.loads(game["refund_response"])
+        if game["status"] == "unpaid":
+            raise ApiError(409, "conflict", f"Game {game_id!r} was won and its win is owed (unpaid): settle it "
+                                            "(`wallet settle`, POST /api/games/<game_id>/settle); a refund would drop the win.")
         if game["status"] != "open":
             raise ApiError(409, "conflict", f"Game {game_id!r} is already settled ({game['status']}); it cannot be refunded.")
         _move(db, game["wallet_id"], game["bet"], "refund", now, game_id=game_id, note=note)
@@ -319,6 +344,51 @@ def refund_game(db, game_id, note=None):
             [now, json.dumps(body), game_id],
         )
     return 200, body
+
+
+def owed(db, game):
+    """What a won game still owes its wallet, in minor units: its win less the payouts made."""
+    paid = sum(row["amount"] for row in db.execute(
+        "SELECT amount FROM ledger WHERE game_id = ? AND kind = 'payout'", [game["game_id"]]).fetchall())
+    return win_credit(game["bet"], decimal.Decimal(game["payout"])) - paid
+
+
+def settle_game(db, game_id):
+    """Pay a win held unpaid (its finish could not credit it: the wallet would have passed
+    MAX_MINOR) with a payout ledger row; return (HTTP status, body).
+
+    Pays as much of what is owed as the wallet can take now; once all is paid the game is
+    `won`. Room is made by withdrawing from the wallet (e.g. paying the player out). A settled
+    game answers again and moves nothing; any other game is a 409 (404 if unknown).
+    """
+    now = now_ms()
+    with db.transaction():
+        db.lock("game", game_id)  # a settlement and the game's other movements take turns
+        game = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()
+        if game is None or game["status"] == "declined":
+            raise ApiError(404, "not_found", f"No accepted bet has game id {game_id!r}.")
+        if game["status"] not in ("unpaid", "won"):
+            raise ApiError(409, "conflict", f"Game {game_id!r} is {game['status']}: only a win held unpaid "
+                                            "(its finish could not credit it) is settled here.")
+        currency, paid = game["currency"], 0
+        if game["status"] == "unpaid":
+            due = owed(db, game)
+            balance = db.execute("SELECT balance FROM wallets WHERE id = ?", [game["wallet_id"]]).fetchone()["balance"]
+            paid = min(due, MAX_MINOR - balance)
+            if paid <= 0:
+                raise ApiError(409, "balance_limit", (
+                    f"The wallet holds {to_text(db, balance, currency)} {currency}, its largest balance: withdraw "
+                    f"from it first (game {game_id!r} still owes {to_text(db, due, currency)} {currency})."))
+            _move(db, game["wallet_id"], paid, "payout", now, game_id=game_id)
+            if paid == due:
+                db.execute("UPDATE games SET status = 'won' WHERE game_id = ?", [game_id])
+        game = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()
+        return 200, {
+            "game": game_view(db, game),
+            "wallet": wallet_view(db, game["player_id"], currency, now),
+            "paid": to_text(db, paid, currency),
+            "owed": to_text(db, owed(db, game), currency),
+        }
 
 
 def stale_games(db, older_than_ms, now=None):

@@ -140,6 +140,19 @@ def refund(game_id):
     _echo(body)
 
 
+@wallet_cli.command("settle")
+@click.argument("game_id", type=TEXT)
+def settle(game_id):
+    """Pay GAME_ID's win held unpaid (its finish could not credit it), as much as its wallet can take.
+
+    List such games with `wallet games --status unpaid`; if the wallet is at its largest
+    balance, withdraw from it first. Run it again until `owed` is 0.
+    """
+    _identifiers(game_id=game_id)
+    _status, body = _fail_on_api_error(wallet.settle_game, db.get_db(), game_id)
+    _echo(body)
+
+
 # --older-than's bounds: past 10^11 s (3,000 years) no bet is older, and the cutoff would not fit
 # the database's 64-bit integers; below REFUND_MINIMUM_S a bet's finish may well be on its way
 # (a game can run for minutes), so refund-stale asks for --yes.

@@ -180,7 +180,8 @@ def reconcile(db):
 
     Every wallet equals the sum of its ledger and is not negative; every game's ledger rows
     match its state (declined: none; open: its bet; won/lost: bet and payout, the payout
-    bet x multiplier on a win and 0 on a loss; refunded: bet and a refund cancelling it);
+    bet x multiplier on a win (paid whole, or in parts by settlements) and 0 on a loss; unpaid:
+    bet and less than the win; refunded: bet and a refund cancelling it);
     no ledger row points at a missing game.
     """
     with db.snapshot():
@@ -221,6 +222,11 @@ def _reconcile(db):
         if group is not None and group[0] == game["game_id"]:
             rows = sorted((row["kind"], row["amount"], row["wallet_id"]) for row in group[1])
             group = next(ledger, None)
+        if game["status"] in ("won", "unpaid"):
+            problem = _win_problem(game, rows)
+            if problem:
+                problems.append(f"game {game['game_id']} ({game['status']}): ledger {rows} but {problem}")
+            continue
         expected = _expected_movements(game)
         if expected is None:
             problems.append(f"game {game['game_id']}: unknown status {game['status']!r}")
@@ -277,6 +283,21 @@ def _orphans(game_id, rows):
     return f"ledger rows {found} point at game {game_id!r}, which does not exist"
 
 
+def _win_problem(game, rows):
+    """What is wrong with a won game's ledger rows (None when nothing is): its bet, and payouts
+    of its win, bet x multiplier: all of it when `won` (one row from its finish, or several
+    from the operator's settlements), less than all (each row more than 0) when `unpaid`."""
+    wallet_id, win = game["wallet_id"], win_credit(game["bet"], decimal.Decimal(game["payout"]))
+    payouts = [amount for kind, amount, wallet in rows if kind == "payout" and wallet == wallet_id]
+    if sorted(rows) != sorted([("bet", -game["bet"], wallet_id)] + [("payout", amount, wallet_id) for amount in payouts]):
+        return f"its state needs its bet {-game['bet']} and payouts of its win {win}, nothing else"
+    if game["status"] == "won" and (not payouts or sum(payouts) != win):
+        return f"its payouts must sum to its win {win}"
+    if game["status"] == "unpaid" and (sum(payouts) >= win or any(amount <= 0 for amount in payouts)):
+        return f"its payouts must be each above 0 and sum to less than its win {win}"
+    return None
+
+
 def _expected_movements(game):
     """The (kind, amount) ledger rows a game's state calls for; None for an unknown state."""
     bet = game["bet"]
@@ -284,8 +305,6 @@ def _expected_movements(game):
         return []
     if game["status"] == "open":
         return [("bet", -bet)]
-    if game["status"] == "won":
-        return [("bet", -bet), ("payout", win_credit(bet, decimal.Decimal(game["payout"])))]
     if game["status"] == "lost":
         return [("bet", -bet), ("payout", 0)]
     if game["status"] == "refunded":

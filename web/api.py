@@ -86,6 +86,13 @@ def refund(game_id):
     return jsonify(body), status
 
 
+@bp.post("/games/<game_id>/settle")
+def settle(game_id):
+    """Pay a win held unpaid, as much as its wallet can take (a settled game answers the same)."""
+    status, body = wallet.settle_game(get_db(), game_id)
+    return jsonify(body), status
+
+
 @bp.get("/games")
 def games():
     """List games, newest start first."""

@@ -120,6 +120,11 @@ class RefundSchema(Schema):
     wallet = fields.Nested(WalletSchema, required=True)
 
 
+class SettlementSchema(RefundSchema):
+    paid = Money(required=True, metadata={"description": "Credited by this settlement (0 on a repeat)."})
+    owed = Money(required=True, metadata={"description": "Still owed: settle again once the wallet has room."})
+
+
 class ReconcileSchema(Schema):
     ok = fields.Boolean(required=True)
     wallets = fields.Integer(required=True)
@@ -237,7 +242,8 @@ def build_spec():
         ("Error", ErrorSchema), ("Callback", schemas.CallbackSchema), ("Movement", schemas.MovementSchema),
         ("Wallet", WalletSchema), ("Balances", BalancesSchema), ("GameRecord", GameViewSchema),
         ("GameDetail", GameDetailSchema), ("GamesPage", GamesPageSchema), ("LedgerPage", LedgerPageSchema),
-        ("CallbacksPage", CallbacksPageSchema), ("Refund", RefundSchema), ("Reconcile", ReconcileSchema),
+        ("CallbacksPage", CallbacksPageSchema), ("Refund", RefundSchema), ("Settlement", SettlementSchema),
+        ("Reconcile", ReconcileSchema),
         ("StartAnswer", StartAnswerSchema), ("Health", HealthSchema),
     ]:
         spec.components.schema(name, schema=schema)
@@ -325,6 +331,19 @@ def build_spec():
                                         currency="$response.body#/wallet/currency")}},
                                "404": _json("Error", "No accepted bet"),
                                "409": _json("Error", "Already settled"), **ERRORS}}})
+    spec.path("/api/games/{game_id}/settle", parameters=[game], operations={
+        "post": {"summary": "Pay a win held unpaid, as much as its wallet can take", "operationId": "settleGame",
+                 "description": "A finish whose win would take the wallet past its largest balance is answered "
+                                "200 {} and its game held `unpaid` (list them with `GET /api/games?status=unpaid`). "
+                                "This pays what is owed with a payout ledger row, as much as the wallet can take; "
+                                "once all is paid the game is `won`, and a repeat answers the same, moving nothing.",
+                 "security": ADMIN,
+                 "responses": {"200": {**_json("Settlement"), "links": {
+                     "GetWallet": _link("getWallet", "The wallet paid", player_id="$response.body#/wallet/player_id",
+                                        currency="$response.body#/wallet/currency")}},
+                               "404": _json("Error", "No accepted bet"),
+                               "409": _json("Error", "`conflict`: not a won game; `balance_limit`: the wallet is at "
+                                                     "its largest balance, withdraw from it first"), **ERRORS}}})
     spec.path("/api/callbacks", operations={
         "get": {"summary": "The audit log of callbacks, newest first", "operationId": "getCallbacks", "security": ADMIN,
                 "parameters": _parameters(schemas.CallbacksQuery, "query"),
