@@ -224,7 +224,7 @@ def test_the_apps_own_log_lines_never_contain_a_callback_token(make_app, caplog,
 @pytest.mark.parametrize("setting", ["ADMIN_TOKEN", "CALLBACK_TOKEN"])
 @pytest.mark.parametrize("token", ["tök", "token\u200b", "tab\there"])
 def test_a_token_that_cannot_be_sent_as_it_is_refuses_to_start_in_one_line(setting, token, tmp_path):
-    from live import flask_cli
+    from harness.live import flask_cli
 
     done = flask_cli("wallet", "balance", "player-42", **{setting: token, "DATABASE_PATH": str(tmp_path / "w.db")})
     assert done.returncode == 1, done
