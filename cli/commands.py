@@ -27,7 +27,7 @@ import wallet
 from money import books
 from money.refusals import ApiError
 from money.views import player_wallets, wallet_view
-from store.copy import copy_books
+from store.copy import check_new_file, copy_books, new_file
 
 
 class _Text(click.ParamType):
@@ -301,20 +301,30 @@ def callbacks(as_json, **query):
 
 
 @wallet_cli.command("backup")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=TEXT)
 def backup(path):
-    """Write an online, consistent copy of the books to a new SQLite file at PATH (never overwrites)."""
-    if os.path.exists(path):
-        raise click.ClickException(f"{path} exists; choose a new file name")
-    store = db.get_db()
+    """Write an online, consistent copy of the books to a new SQLite file at PATH (never overwrites).
+
+    Exit 0 only once the file is there, opens and its books balance (3 when they do not).
+    """
+    source = db.get_db()
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        store.backup(path)
+        with new_file(path) as written:
+            source.backup(written)
+            copy = store.SQLiteStore(written, create=False)
+            try:
+                report = books.reconcile(copy)
+            finally:
+                copy.close()
+    except store.ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, db.DatabaseUnavailable) as exc:  # e.g. a full disk or a directory we may not write to
-        with contextlib.suppress(OSError):
-            os.remove(path)
         raise click.ClickException(f"cannot write {path}: {exc}") from None
-    click.echo(f"backed up {store.label} to {path}")
+    if not report["ok"]:
+        click.echo(f"backed up {source.label} to {path}, but its books do not balance: "
+                   f"{len(report['discrepancies'])} discrepancies (see `wallet reconcile`)")
+        raise SystemExit(EXIT_PROBLEM)
+    click.echo(f"backed up {source.label} to {path}; the copy opens and its books balance")
 
 
 @wallet_cli.command("copy")
@@ -327,8 +337,11 @@ def copy(target):
     and the target reconciled. Exit 3 if anything differs.
     """
     source = db.get_db()
-    if not store.is_database_url(target) and os.path.exists(target):
-        raise click.ClickException(f"{target} exists; copy into a new SQLite file or an empty PostgreSQL database")
+    if not store.is_database_url(target):
+        try:
+            check_new_file(target)
+        except store.ConfigurationError as exc:
+            raise click.ClickException(f"{exc} (copy into a new SQLite file or an empty PostgreSQL database)") from None
     try:
         destination = store.open_store(target)
     except db.DatabaseUnavailable as exc:

@@ -1,6 +1,10 @@
 """Day-to-day operation: refunds of stuck bets, reconciliation, history and backups."""
 
 import collections
+import os
+import signal
+import subprocess
+import sys
 import itertools
 import json
 import re
@@ -17,7 +21,8 @@ import db
 import schemas
 import wallet as wallet_rules
 from harness.samples import FINISH, START, body, store_settings
-from tests.support import books, execute, play_a_little, query, refund
+from harness.live import ROOT
+from tests.support import books, execute, play_a_little, query, refund, store_for
 
 
 def get(wallet, url, **params):
@@ -402,6 +407,76 @@ def test_backup_creates_its_directory_and_reports_what_it_cannot_write(runner, w
     denied = runner.invoke(args=["wallet", "backup", str(tmp_path / "a-file" / "wallet.db")])
     assert denied.exit_code == 1 and "cannot write" in denied.output, denied.output
     assert not isinstance(denied.exception, OSError)  # a clear message, not a traceback
+
+
+@pytest.mark.parametrize("target", ["", " ", ":memory:", "file:{tmp}/uri.db?mode=rwc", "file:uri.db", "FILE:x.db",
+                                    "{tmp}/folder/", "{tmp}/exists.db", "{tmp}/dangling", "{tmp}/a-directory"])
+def test_backup_refuses_what_is_not_a_plain_path_to_a_new_file_in_one_line(runner, wallet, tmp_path, monkeypatch, target):
+    play_a_little(wallet)
+    monkeypatch.chdir(tmp_path)  # where SQLite would have made a stray 'file:' folder
+    (tmp_path / "exists.db").write_bytes(b"not mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere.db")
+    (tmp_path / "a-directory").mkdir()
+    before = sorted(path.name for path in tmp_path.rglob("*"))
+    result = runner.invoke(args=["wallet", "backup", target.format(tmp=tmp_path)])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert sorted(path.name for path in tmp_path.rglob("*")) == before  # nothing written, no folder made
+    assert (tmp_path / "exists.db").read_bytes() == b"not mine"
+
+
+@pytest.mark.parametrize("target", ["file:{tmp}/uri.db?mode=rwc", "file:uri.db", ":memory:", "", "{tmp}/dangling"])
+def test_copy_refuses_what_is_not_a_plain_path_to_a_new_file_and_makes_no_folder(runner, wallet, tmp_path, monkeypatch, target):
+    play_a_little(wallet)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere.db")
+    before = sorted(path.name for path in tmp_path.rglob("*"))
+    result = runner.invoke(args=["wallet", "copy", target.format(tmp=tmp_path)])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert sorted(path.name for path in tmp_path.rglob("*")) == before
+
+
+def test_a_backup_exits_0_only_with_a_file_that_opens_and_reconciles(runner, wallet, tmp_path):
+    play_a_little(wallet)
+    target = tmp_path / "new" / "backup.db"
+    result = runner.invoke(args=["wallet", "backup", str(target)])
+    assert result.exit_code == 0 and "its books balance" in result.output, result.output
+    assert [path.name for path in (tmp_path / "new").iterdir()] == ["backup.db"]  # no temporary file left
+    assert books(str(target)) == wallet.books()
+    wallet.sql("UPDATE wallets SET balance = balance + 1")  # books that do not balance: copied, and said
+    skewed = runner.invoke(args=["wallet", "backup", str(tmp_path / "skewed.db")])
+    assert skewed.exit_code == 3 and "do not balance" in skewed.output, skewed.output
+    assert (tmp_path / "skewed.db").exists()
+
+
+def test_two_backups_racing_for_one_name_one_wins_and_the_other_leaves_its_file(wallet, tmp_path):
+    from harness.live import flask_cli
+
+    play_a_little(wallet)
+    padding = b"x" * 2000  # enough audit rows that a backup takes a while: time to stop it half-way
+    books_store = store_for(wallet.database)
+    with books_store.transaction():
+        books_store.executemany(
+            "INSERT INTO callbacks (received_at, outcome, status_code, body) VALUES (?, 'ignored', 200, ?)",
+            [(n, padding) for n in range(20_000)])
+    target = tmp_path / "race.db"
+    environment = {**os.environ, **store_settings(wallet.database), "CURRENCY_DECIMALS": "USD=2,EUR=2,BTC=8"}
+    first = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "wallet", "backup", str(target)],
+                             cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".race.db.*.partial")):  # the first is past its checks, writing
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.0005)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = flask_cli("wallet", "backup", str(target), **store_settings(wallet.database),
+                           CURRENCY_DECIMALS="USD=2,EUR=2,BTC=8")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=60)
+    assert second.returncode == 0, second
+    assert first.returncode == 1 and "written meanwhile" in err and len(err.splitlines()) == 1, (out, err)
+    assert books(str(target)) == wallet.books()  # the winner's file, whole
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".race")] == []
 
 
 # --- against a live gunicorn, while callbacks flow -------------------------------------------
