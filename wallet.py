@@ -153,7 +153,7 @@ def _start(db, cb, bet, now):
         "wallet_id = excluded.wallet_id, bet = excluded.bet, session_id = excluded.session_id, "
         "game_name = excluded.game_name, round = excluded.round, "
         "all_bet_amount = excluded.all_bet_amount, round_data = excluded.round_data, "
-        "start_time = excluded.start_time, started_at = excluded.started_at "
+        "start_time = excluded.start_time "  # not started_at: the games list's order never changes
         "WHERE games.status = 'declined' RETURNING wallet_id",
         [
             game_id,
@@ -392,10 +392,15 @@ def settle_game(db, game_id):
 
 
 def stale_games(db, older_than_ms, now=None):
-    """Return the open bets whose start was received more than `older_than_ms` ago, oldest first."""
+    """Return the open bets whose bet was taken more than `older_than_ms` ago, oldest first.
+
+    The bet's ledger row says when: a game's started_at is its first start's, which for a start
+    declined and retried is earlier than the bet."""
     cutoff = (now_ms() if now is None else now) - older_than_ms
     rows = db.execute(
-        "SELECT * FROM games WHERE status = 'open' AND started_at < ? ORDER BY started_at, game_id", [cutoff]
+        "SELECT g.* FROM games g JOIN ledger l ON l.game_id = g.game_id AND l.kind = 'bet' "
+        "WHERE g.status = 'open' AND g.started_at < ? AND l.created_at < ? ORDER BY g.started_at, g.game_id",
+        [cutoff, cutoff],
     ).fetchall()
     return [game_view(db, row) for row in rows]
 

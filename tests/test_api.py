@@ -1,6 +1,7 @@
 """The operator API: deposits and withdrawals once per reference, balances with pending wins."""
 
 import decimal
+import json
 
 import pytest
 
@@ -233,3 +234,48 @@ def test_an_empty_cursor_is_the_first_page(wallet, path):
 ])
 def test_since_reads_epoch_milliseconds_and_iso_8601(since, expected):
     assert schemas.games_query.load({"since": since})["since"] == expected
+
+
+def walk(wallet, limit=2, **query):
+    """Walk GET /api/games from the first page to next_cursor = null, yielding the game ids seen
+    so far after each page (the test acts between pages)."""
+    seen, cursor = [], ""
+    while True:
+        page = wallet.client.get("/api/games", headers=wallet.admin,
+                                 query_string={**query, "limit": limit, "cursor": cursor}).json
+        seen += [game["game_id"] for game in page["games"]]
+        yield seen
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return
+
+
+@pytest.mark.parametrize("status", [None, "open"])
+def test_a_walk_over_the_games_sees_every_row_that_existed_when_it_began(wallet, status):
+    wallet.deposit("5.00")
+    assert wallet.start(game_id="retried", bet=50).json == {"result": False}  # declined: the oldest row
+    for game_id in ("a", "b", "c", "d", "e"):
+        assert wallet.start(game_id=game_id, bet=1).json == {"result": True}
+    query = {"status": status} if status else {}
+    steps = walk(wallet, **query)
+    next(steps)  # the first page
+    wallet.deposit("100.00")
+    assert wallet.start(game_id="retried", bet=50).json == {"result": True}  # taken again mid-walk
+    assert wallet.start(game_id="new", bet=1).json == {"result": True}  # written during the walk
+    *_, seen = steps
+    assert len(seen) == len(set(seen))
+    assert {"a", "b", "c", "d", "e", "retried"} <= set(seen)  # it kept its place: reached at the end
+    assert seen[-1] == "retried"
+
+
+def test_a_start_retried_after_its_decline_keeps_its_place_and_is_stale_by_its_bet(wallet, runner):
+    wallet.deposit("1.00")
+    assert wallet.start(game_id="retried", bet=5).json == {"result": False}
+    first = wallet.client.get("/api/games/retried", headers=wallet.admin).json["started_at"]
+    wallet.sql("UPDATE games SET started_at = started_at - 7200000 WHERE game_id = 'retried'")  # declined 2 h ago
+    wallet.deposit("10.00")
+    assert wallet.start(game_id="retried", bet=5).json == {"result": True}
+    game = wallet.client.get("/api/games/retried", headers=wallet.admin).json
+    assert game["status"] == "open" and game["started_at"] < first  # the first start's time, kept
+    stale = runner.invoke(args=["wallet", "stale", "--older-than", "3600", "--json"])
+    assert json.loads(stale.output)["games"] == []  # its bet was taken just now: not stale

@@ -80,8 +80,9 @@ def test_cli_refund(runner, wallet):
 
 
 def age_start(wallet, game_id, seconds):
-    """Pretend a start was received `seconds` ago."""
+    """Pretend a start was received, and its bet taken, `seconds` ago."""
     wallet.sql("UPDATE games SET started_at = started_at - ? WHERE game_id = ?", [seconds * 1000, game_id])
+    wallet.sql("UPDATE ledger SET created_at = created_at - ? WHERE game_id = ? AND kind = 'bet'", [seconds * 1000, game_id])
 
 
 def test_stale_lists_and_refund_stale_refunds_old_open_bets(runner, wallet):
