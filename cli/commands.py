@@ -403,18 +403,33 @@ def _progress(verb):
 def replication_status(as_json):
     """Show whether Litestream replicates the database and when it last synced.
 
-    Exit status: 0 replication ok, 1 replication is off (LITESTREAM_REPLICA_URL unset),
-    3 replication failing.
+    Exit status: 0 replication ok, 1 replication is off (LITESTREAM_REPLICA_URL unset, and
+    no service reports replicating the database), 3 replication failing.
+
+    Run from a shell without the service's LITESTREAM_REPLICA_URL, it says so and shows what the
+    service replicating DATABASE_PATH reports (its /healthz says the same), if one ever did.
     """
     config = current_app.config
-    if config["LITESTREAM_REPLICA_URL"] is None:
-        raise click.ClickException("replication is off: LITESTREAM_REPLICA_URL is not set")
-    report = replication.health(config)
+    url = config["LITESTREAM_REPLICA_URL"]
+    if url is None:
+        if config.get("DATABASE_URL"):
+            raise click.ClickException("replication is off: the books are in PostgreSQL (DATABASE_URL), which "
+                                       "Litestream does not replicate; use the database's own backups")
+        database = os.path.abspath(config["DATABASE_PATH"])
+        if not os.path.exists(replication.status_path(database)):
+            raise click.ClickException(
+                f"this shell's environment has no LITESTREAM_REPLICA_URL, and no service on this machine has "
+                f"reported replicating {database}: replication is off, or the service runs elsewhere or "
+                "with another DATABASE_PATH; ask its /healthz (curl -s https://<your-host>/healthz), which "
+                "reports `replication` when it is on")
+        click.echo(f"this shell's environment has no LITESTREAM_REPLICA_URL; the service replicating {database} "
+                   f"reports this (its /healthz says the same; {replication.status_path(database)}):", err=True)
+    report = replication.status(config["DATABASE_PATH"])
     if as_json:
         _echo(report)
     else:
         click.echo(f"replication: {report['replication']}")
-        click.echo(f"replica: {replication.redact(config['LITESTREAM_REPLICA_URL'])}")
+        click.echo(f"replica: {replication.redact(url) if url else 'not in this shell (LITESTREAM_REPLICA_URL)'}")
         click.echo(f"last sync: {report['replication_last_sync'] or 'none'}")
         if "replication_error" in report:
             click.echo(f"error: {report['replication_error']}")

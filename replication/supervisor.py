@@ -163,9 +163,20 @@ class Supervisor:
                         redact(self.url), self.database)
             return
         summary = json.loads(done.stdout)
-        log.warning("replication: restored %s from %s up to transaction %s in %d ms; %s",
-                    self.database, redact(self.url), summary.get("txid"), summary.get("duration_ms", 0),
-                    _newest_callback(self.database))
+        log.warning("replication: restored %s from %s as it was replicated at %s, in %d ms; %s",
+                    self.database, redact(self.url), self.replicated_at(summary.get("txid")),
+                    summary.get("duration_ms", 0), _newest_callback(self.database))
+
+    def replicated_at(self, txid):
+        """When the replica first held transaction `txid` (Litestream's internal number, which
+        tells an operator nothing): the earliest time of the replica's files ending at it."""
+        listed = subprocess.run([self.binary, "ltx", "-level", "all", "-json", self.url],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        try:
+            times = [entry["timestamp"] for entry in json.loads(listed.stdout) if entry.get("max_txid") == txid]
+            return _iso(min(_seconds(text) for text in times))
+        except (ValueError, TypeError, KeyError, AttributeError):  # no such file listed, or not Litestream's JSON
+            return "an unknown time (`litestream ltx` lists the replica's files)"
 
     # litestream -----------------------------------------------------------------------------
 

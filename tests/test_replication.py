@@ -14,6 +14,7 @@ import datetime
 import decimal
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -130,7 +131,10 @@ def test_restore_drill(gunicorn, make_app, replica, tmp_path):
     server = gunicorn("drill", workers=2, LITESTREAM_REPLICA_URL=url)  # the new disk
     log = server.log()
     assert f"{database} does not exist: restoring the latest copy from {url}" in log
-    assert f"restored {database} from {url} up to transaction" in log
+    restored = re.search(rf"restored {re.escape(str(database))} from {re.escape(url)} as it was replicated at "
+                         r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z), in \d+ ms; its newest callback", log)
+    assert restored and "transaction" not in log[restored.start():log.index("\n", restored.start())], log
+    assert moment(restored[1]) <= time.time()
     with sqlite3.connect(database) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     conn.close()
@@ -174,6 +178,10 @@ def test_a_litestream_that_dies_is_reported_then_restarted(gunicorn, make_app, r
     first = synced_after(server, 0)
     ok = cli(make_app, server.database, "wallet", "replication", LITESTREAM_REPLICA_URL=url)
     assert ok.exit_code == 0 and "replication: ok" in ok.output and f"replica: {url}" in ok.output, ok.output
+    shell = cli(make_app, server.database, "wallet", "replication")  # a shell without the service's variable
+    assert shell.exit_code == 0 and "replication: ok" in shell.stdout, shell.output
+    assert shell.stderr.startswith("this shell's environment has no LITESTREAM_REPLICA_URL; the service "
+                                   f"replicating {server.database} reports this"), shell.stderr
 
     state = status_file(server)
     os.kill(state["supervisor_pid"], signal.SIGSTOP)  # hold the restart so the failure can be seen
@@ -186,6 +194,8 @@ def test_a_litestream_that_dies_is_reported_then_restarted(gunicorn, make_app, r
         failing = cli(make_app, server.database, "wallet", "replication", "--json", LITESTREAM_REPLICA_URL=url)
         assert failing.exit_code == 3, failing.output
         assert json.loads(failing.output) == {key: answer[key] for key in answer if key != "status"}
+        shell = cli(make_app, server.database, "wallet", "replication", "--json")
+        assert shell.exit_code == 3 and json.loads(shell.stdout) == json.loads(failing.output), shell.output
     finally:
         os.kill(state["supervisor_pid"], signal.SIGCONT)
 
@@ -284,10 +294,19 @@ def test_the_cli_does_not_create_a_database_the_replica_may_hold(make_app, tmp_p
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_without_replication_the_command_says_it_is_off(runner, client):
+def test_without_replication_the_command_says_what_this_shell_lacks_and_where_to_look(runner, client, app):
     result = runner.invoke(args=["wallet", "replication"])
-    assert result.exit_code == 1 and "replication is off" in result.output
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert "this shell's environment has no LITESTREAM_REPLICA_URL" in result.output
+    assert f"no service on this machine has reported replicating {app.config['DATABASE_PATH']}" in result.output
+    assert "/healthz" in result.output
     assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_on_postgresql_the_command_says_litestream_does_not_apply(make_app, new_postgres_database):
+    app = make_app(database=new_postgres_database())
+    result = app.test_cli_runner().invoke(args=["wallet", "replication"])
+    assert result.exit_code == 1 and "the books are in PostgreSQL" in result.output, result.output
 
 
 def test_without_the_service_replication_is_failing(make_app, replica, tmp_path):
