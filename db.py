@@ -20,10 +20,13 @@ from store import ConfigurationError, DatabaseUnavailable, check_url, configured
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 # While the database is away every request must still get its 503 within seconds: one waits
 # at most QUEUE_TIMEOUT_S for its worker's connection, and once the database failed a request
-# the others are answered at once for RETRY_AFTER_S (the 503's Retry-After) before it is tried
-# again; so a queue of callbacks drains instead of taking turns to time out.
+# the others are answered at once for RETRY_AFTER_S (the 503's Retry-After); so a queue of
+# callbacks drains instead of taking turns to time out. Meanwhile one request at a time, at
+# most one per PROBE_INTERVAL_S, is let through to try it (the probe): once one gets an
+# answer, the worker serves again, not a second later.
 QUEUE_TIMEOUT_S = 5
 RETRY_AFTER_S = 1
+PROBE_INTERVAL_S = 0.1
 
 
 class StartupError(click.ClickException):
@@ -50,21 +53,41 @@ def get_db():
     if store is not None:
         return store
     state = current_app.extensions["wallet_db"]
-    if time.monotonic() < state["retry_at"]:
-        raise DatabaseUnavailable(state["last_error"], away=False)
-    if not state["lock"].acquire(timeout=QUEUE_TIMEOUT_S):
-        raise DatabaseUnavailable(f"waited {QUEUE_TIMEOUT_S} s for this worker's connection to {state['label']}")
+    probe = time.monotonic() < state["retry_at"] and _probe(state)
     try:
-        if time.monotonic() < state["retry_at"]:  # it failed the request this one waited behind
+        if not state["lock"].acquire(timeout=QUEUE_TIMEOUT_S):
+            raise DatabaseUnavailable(f"waited {QUEUE_TIMEOUT_S} s for this worker's connection to {state['label']}")
+    except BaseException:
+        state["probing"] = state["probing"] and not probe
+        raise
+    try:
+        if not probe and time.monotonic() < state["retry_at"]:  # it failed the request this one waited behind
             raise DatabaseUnavailable(state["last_error"], away=False)
         store = state["store"]
+        if probe and store is not None and store.usable():
+            try:
+                store.ping()  # a connection from before the outage may be dead without knowing it yet
+            except DatabaseUnavailable:
+                store.discard()
         if store is None or state["pid"] != os.getpid() or not store.usable():
             store = _open(current_app, state)
     except BaseException:
+        state["probing"] = state["probing"] and not probe
         state["lock"].release()
         raise
     g.wallet_db = store
     return store
+
+
+def _probe(state):
+    """In the back-off after a failure: make this request the probe that tries the database
+    again (True), unless one is under way or was let through under PROBE_INTERVAL_S ago, when
+    it is answered 503 at once."""
+    now = time.monotonic()
+    if state["probing"] or now < state["probe_at"]:
+        raise DatabaseUnavailable(state["last_error"], away=False)
+    state.update(probing=True, probe_at=now + PROBE_INTERVAL_S)
+    return True
 
 
 def _open(app, state):
@@ -116,7 +139,9 @@ def outage(app, error):
 
 
 def recovered(app):
+    """The database answered: serve again at once, and log the end of an outage."""
     state = app.extensions["wallet_db"]
+    state.update(retry_at=0.0, probing=False)
     if state["outage_since"] is not None:
         app.logger.warning("database available again after %.1f s (%s)",
                            time.monotonic() - state["outage_since"], state["label"])
@@ -139,8 +164,11 @@ def release_db(exc=None):
         store.discard()
     finally:
         state["lock"].release()
-    if state["outage_since"] is not None and not g.pop("wallet_db_failed", False):
-        recovered(current_app)
+    if state["retry_at"] or state["probing"] or state["outage_since"] is not None:  # not on the everyday path
+        if g.pop("wallet_db_failed", False):
+            state["probing"] = False  # a failed probe: the next may try after PROBE_INTERVAL_S
+        else:
+            recovered(current_app)
 
 
 def unavailable(error):
@@ -197,7 +225,7 @@ def init_app(app, create=True):
     app.extensions["wallet_db"] = {
         "lock": threading.RLock(), "store": None, "pid": None, "create": create,
         "prepared": False, "label": label, "outage_since": None, "retry_at": 0.0,
-        "last_error": None,
+        "last_error": None, "probing": False, "probe_at": 0.0,
     }
     app.teardown_appcontext(release_db)
     app.cli.add_command(init_db_command)

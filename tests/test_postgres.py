@@ -405,3 +405,25 @@ def test_callbacks_waiting_on_a_database_gone_quiet_all_get_their_503_within_sec
         assert client.get("/healthz").status_code == 503
     finally:
         silent.close()
+
+
+def test_after_the_database_comes_back_the_next_request_finds_out_and_serves(app_on, new_postgres_database, caplog):
+    """A worker whose connection the database dropped answers that request 503 and backs off;
+    in its back-off one request is let through to try the database, and once it answers the
+    worker serves again at once instead of answering 503 for the rest of the second."""
+    url = new_postgres_database("probe")
+    app = app_on(url)
+    wallet = Wallet(app.test_client(), app)
+    wallet.deposit("10.00")
+    with app.app_context():
+        backend = db.get_db().execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+    with psycopg.connect(url, autocommit=True) as admin:  # as a restart does to every connection
+        admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+    with caplog.at_level("INFO"):
+        dropped = wallet.start(game_id="g-dropped")
+        assert dropped.status_code == 503 and dropped.json["error"] == "database_unavailable", dropped.json
+        answers = [wallet.start(game_id=f"g-{n}").status_code for n in range(3)]  # at once: in the back-off
+    assert answers == [200, 200, 200]
+    assert wallet.balance() == "7.00"
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("database available again" in message for message in messages), messages
