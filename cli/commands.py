@@ -7,7 +7,6 @@ argument that is not UTF-8); 3 done, and found a problem (the books do not balan
 differs from its source).
 """
 
-import contextlib
 import decimal
 import json
 import os
