@@ -48,7 +48,6 @@ def copy_books(source, target, progress=None):
     return counts
 
 
-
 def check_new_file(path):
     """Refuse (ConfigurationError) a SQLite target that is not a plain path to a new file: SQLite
     reads '' and ':memory:' as databases that are no file, and 'file:...' as a URI (a
@@ -58,7 +57,7 @@ def check_new_file(path):
     if not text.strip() or text.strip() == ":memory:":
         raise ConfigurationError(f"{text!r} is no file name: give the path of a new file")
     if text[:5].lower() == "file:":
-        raise ConfigurationError(f"{text!r} is a SQLite URI: give a plain path of a new file (e.g. ./{text[5:].lstrip('/')})")
+        raise ConfigurationError(f"{text!r} is a SQLite URI: give a plain path of a new file")
     if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):
         raise ConfigurationError(f"{text!r} names a directory: give the path of a new file in it")
     if os.path.lexists(text):
