@@ -117,7 +117,7 @@ def _normalise_config(app):
     for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "METRICS_TOKEN", "DATABASE_URL", "LITESTREAM_REPLICA_URL"):
         config[key] = (config[key] or "").strip() or None
     try:
-        for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN"):
+        for key in ("CALLBACK_TOKEN", "ADMIN_TOKEN", "METRICS_TOKEN"):
             _check_token(key, config[key])
         config["CALLBACK_TOKENS"] = callbacks.parse_tokens(config["CALLBACK_TOKEN"])
         config["CURRENCY_DECIMALS"] = parse_currency_decimals(config["CURRENCY_DECIMALS"])

@@ -221,7 +221,7 @@ def test_the_apps_own_log_lines_never_contain_a_callback_token(make_app, caplog,
     assert OLD not in logged and NEW not in logged
 
 
-@pytest.mark.parametrize("setting", ["ADMIN_TOKEN", "CALLBACK_TOKEN"])
+@pytest.mark.parametrize("setting", ["ADMIN_TOKEN", "CALLBACK_TOKEN", "METRICS_TOKEN"])
 @pytest.mark.parametrize("token", ["token\u200b", "tab\there", "t\u00f6k"])
 def test_a_token_that_cannot_be_sent_as_it_is_refuses_to_start(make_app, setting, token):
     with pytest.raises(db.StartupError, match=f"{setting} must be printable ASCII"):
