@@ -353,13 +353,14 @@ def owed(db, game):
     return win_credit(game["bet"], decimal.Decimal(game["payout"])) - paid
 
 
-def settle_game(db, game_id):
+def settle_game(db, game_id, note=None):
     """Pay a win held unpaid (its finish could not credit it: the wallet would have passed
     MAX_MINOR) with a payout ledger row; return (HTTP status, body).
 
     Pays as much of what is owed as the wallet can take now; once all is paid the game is
     `won`. Room is made by withdrawing from the wallet (e.g. paying the player out). A settled
-    game answers again and moves nothing; any other game is a 409 (404 if unknown).
+    game answers again and moves nothing; any other game is a 409 (404 if unknown). `note`
+    (who settled it and why) goes on the payout's ledger row.
     """
     now = now_ms()
     with db.transaction():
@@ -379,7 +380,7 @@ def settle_game(db, game_id):
                 raise ApiError(409, "balance_limit", (
                     f"The wallet holds {to_text(db, balance, currency)} {currency}, its largest balance: withdraw "
                     f"from it first (game {game_id!r} still owes {to_text(db, due, currency)} {currency})."))
-            _move(db, game["wallet_id"], paid, "payout", now, game_id=game_id)
+            _move(db, game["wallet_id"], paid, "payout", now, game_id=game_id, note=note)
             if paid == due:
                 db.execute("UPDATE games SET status = 'won' WHERE game_id = ?", [game_id])
         game = db.execute("SELECT * FROM games WHERE game_id = ?", [game_id]).fetchone()

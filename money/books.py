@@ -317,7 +317,7 @@ def _expected_movements(game):
 
 DAY_MS = 86_400_000
 COUNT_CAP = 10_000  # counts shown on the overview stop here ("10,000 or more")
-ATTENTION = ("conflict", "invalid", "error")  # callback outcomes someone should look at
+ATTENTION = ("conflict", "invalid", "error", "held")  # callback outcomes someone should look at (held: a win owed)
 
 
 def capped_count(db, table, condition, params=()):
@@ -345,7 +345,7 @@ def list_stale(db, cutoff_ms, limit=100, cursor=None):
 
 
 def count_attention(db):
-    """Callbacks answered conflict, invalid or error (their partial index), at most COUNT_CAP + 1."""
+    """Callbacks answered conflict, invalid, error or held (their partial index), at most COUNT_CAP + 1."""
     outcomes = ", ".join(f"'{outcome}'" for outcome in ATTENTION)
     return capped_count(db, "callbacks", f"outcome IN ({outcomes}) AND {uncommon('outcome')}")
 

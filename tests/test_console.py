@@ -297,3 +297,25 @@ def test_the_last_hour_counts_callbacks_by_outcome(wallet, app):
             expected = min(callback_id for callback_id, at in moments if at >= received_at)
             assert books.first_callback_since(store, received_at) == expected
         assert books.count_attention(store) == 1
+
+
+def test_a_win_held_unpaid_is_listed_and_paid_from_its_page_with_the_note(console, wallet, client):
+    assert wallet.deposit("9999999999", currency="BTC").status_code == 201  # just under 10^18 minor units
+    assert wallet.start("whale", bet=1, currency="BTC").json == {"result": True}
+    assert wallet.finish("whale", bet=1, currency="BTC", payout=3).json == {}  # 3 BTC won, 2 BTC of room
+    signed_in(console)
+    assert "whale" in console.get("/console/attention?outcome=held").text
+    page = console.get("/console/games/whale").text
+    assert "Pay the win" in page
+    assert console.post("/console/games/whale/settle", {"note": "paid"}, csrf=False).status_code == 400
+    assert console.post("/console/games/whale/settle", {"note": ""}).status_code == 400  # a reason is needed
+    assert wallet.balance(currency="BTC") == "9999999998.00000000"
+    response = console.post("/console/games/whale/settle", {"note": "whale ticket 12"})
+    assert response.status_code == 302 and response.headers["Location"] == "/console/games/whale"
+    assert "paid 2.00000000 BTC; still owed 1.00000000" in console.get("/console/games/whale").text
+    assert wallet.balance(currency="BTC") == "10000000000.00000000"
+    ledger = client.get("/api/players/player-42/ledger?currency=BTC", headers=wallet.admin).json["entries"]
+    assert (ledger[0]["kind"], ledger[0]["amount"], ledger[0]["note"]) == ("payout", "2.00000000", "console ann: whale ticket 12")
+    refused = console.post("/console/games/whale/settle", {"note": "again"})  # no room left: nothing moves
+    assert "nothing paid" in console.get(refused.headers["Location"]).text
+    assert wallet.balance(currency="BTC") == "10000000000.00000000"

@@ -389,6 +389,20 @@ def refunds():
     return redirect(url_for("console.attention"))
 
 
+@bp.post("/games/<game_id>/settle")
+def settle(game_id):
+    """Pay a win held unpaid (wallet.settle_game), as much as the wallet can take, with the note."""
+    note = _note()
+    try:
+        _, body = wallet.settle_game(db.get_db(), game_id, note=note)
+    except ApiError as exc:
+        flash(f"Game {game_id}: nothing paid: {exc.message}", "error")
+    else:
+        flash(f"Game {game_id}: paid {body['paid']} {body['game']['currency']}; still owed {body['owed']}; "
+              f"the balance is {body['wallet']['balance']}.")
+    return redirect(url_for("console.game", game_id=game_id))
+
+
 @bp.get("/attention")
 def attention():
     """Open bets older than a threshold, and callbacks that were refused or failed."""
@@ -402,7 +416,7 @@ def attention():
     stale = books.list_stale(store, now_ms() - minutes * 60_000, cursor=_cursor("stale_cursor"))
     shown = request.args.get("outcome", "conflict")
     if shown not in (*books.ATTENTION, "unsettled"):
-        raise ConsoleRefusal(400, "outcome is one of conflict, invalid, error or unsettled.")
+        raise ConsoleRefusal(400, f"outcome is one of {', '.join(books.ATTENTION)} or unsettled.")
     filters = {"outcome": "conflict", "type": "finish"} if shown == "unsettled" else {"outcome": shown}
     audit = books.list_callbacks(store, limit=20, cursor=_cursor("cursor"), **filters)
     for callback in audit["callbacks"]:
