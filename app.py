@@ -86,9 +86,10 @@ def create_app(test_config=None):
 
     @app.get("/healthz")
     def healthz():
-        """Report healthy only after a real round-trip to the database."""
+        """Report healthy only after a real round-trip to books that can be written, within
+        db.HEALTH_WAIT_S of waiting for the worker's connection."""
         try:
-            db.get_db().ping()
+            db.get_db(wait=db.HEALTH_WAIT_S).ping()
         except db.DatabaseUnavailable as exc:
             db.unavailable(exc)
             return jsonify({"status": "unavailable", "error": "database_unavailable", "message": str(exc),

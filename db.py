@@ -27,6 +27,9 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 QUEUE_TIMEOUT_S = 5
 RETRY_AFTER_S = 1
 PROBE_INTERVAL_S = 0.1
+# /healthz waits less: a worker whose connection is held that long (a COMMIT waiting for a
+# synchronous standby, see store.postgres.COMMIT_TIMEOUT_S) is not one to send traffic to.
+HEALTH_WAIT_S = 2
 
 
 class StartupError(click.ClickException):
@@ -42,12 +45,13 @@ def refusing():
         raise StartupError(str(error)) from None
 
 
-def get_db():
+def get_db(wait=QUEUE_TIMEOUT_S):
     """Return this process's store for the current request or command, opening it if needed.
 
     One connection per process, reused across requests, so its setup runs once; a lock lets
     one request (thread or greenlet) at a time use it, from its first statement to the end of
-    the request. A connection the database dropped is replaced here, at the next request.
+    the request (waiting at most `wait` seconds for it). A connection the database dropped is
+    replaced here, at the next request.
     """
     store = g.get("wallet_db")
     if store is not None:
@@ -55,8 +59,8 @@ def get_db():
     state = current_app.extensions["wallet_db"]
     probe = time.monotonic() < state["retry_at"] and _probe(state)
     try:
-        if not state["lock"].acquire(timeout=QUEUE_TIMEOUT_S):
-            raise DatabaseUnavailable(f"waited {QUEUE_TIMEOUT_S} s for this worker's connection to {state['label']}")
+        if not state["lock"].acquire(timeout=wait):
+            raise DatabaseUnavailable(f"waited {wait} s for this worker's connection to {state['label']}")
     except BaseException:
         state["probing"] = state["probing"] and not probe
         raise
@@ -100,8 +104,11 @@ def _open(app, state):
     try:
         config = app.config
         with refusing():
+            # A serving process keeps one watermark across its connections: the books it
+            # answered from cannot be swapped for older ones (a failover's old primary) unnoticed.
             store = open_store(configured_target(config), config["SQLITE_SYNCHRONOUS"], create=state["create"],
-                               replicated=config.get("LITESTREAM_REPLICA_URL") is not None)
+                               replicated=config.get("LITESTREAM_REPLICA_URL") is not None,
+                               watermark=state["watermark"] or state["create"])
         store.configured_decimals = config["CURRENCY_DECIMALS"]
         try:
             if not state["prepared"]:
@@ -112,13 +119,21 @@ def _open(app, state):
     except DatabaseUnavailable as error:
         outage(app, error)
         raise
-    state.update(store=store, pid=os.getpid(), prepared=True)
+    state.update(store=store, pid=os.getpid(), prepared=True, watermark=store.watermark)
+    if store.passed_over and store.passed_over != state["passed_over"]:
+        # A server holding older books came back writable (an old primary): a split brain to end.
+        state["passed_over"] = store.passed_over
+        app.logger.error("%s", store.passed_over)
     recovered(app)
     return store
 
 
 def _prepare(app, store, create):
     if create:
+        durability = store.durability()
+        if durability is not None:  # once per process, at its first connection
+            can_lose, says = durability
+            (app.logger.warning if can_lose else app.logger.info)(says)
         store.create_schema()
     elif not store.has_schema():
         raise StartupError(f"{store.label} holds no wallet tables; create them with 'flask --app app init-db'")
@@ -133,9 +148,15 @@ def outage(app, error):
     if error.away:
         state["retry_at"] = time.monotonic() + RETRY_AFTER_S
         state["last_error"] = f"{error} (a moment ago; tried again after {RETRY_AFTER_S} s)"
-    if state["outage_since"] is None and state["create"]:
+    if not state["create"]:
+        return
+    if state["outage_since"] is None:
         state["outage_since"] = time.monotonic()
+        state["alarmed"] = error.alarm
         app.logger.error("database unavailable (%s): answering 503 until it is back: %s", state["label"], error)
+    elif error.alarm and not state["alarmed"]:
+        state["alarmed"] = True
+        app.logger.error("%s", error)
 
 
 def recovered(app):
@@ -225,7 +246,8 @@ def init_app(app, create=True):
     app.extensions["wallet_db"] = {
         "lock": threading.RLock(), "store": None, "pid": None, "create": create,
         "prepared": False, "label": label, "outage_since": None, "retry_at": 0.0,
-        "last_error": None, "probing": False, "probe_at": 0.0,
+        "last_error": None, "probing": False, "probe_at": 0.0, "alarmed": False, "watermark": None,
+        "passed_over": None,
     }
     app.teardown_appcontext(release_db)
     app.cli.add_command(init_db_command)

@@ -72,11 +72,12 @@ def _move(db, wallet_id, amount, kind, now, game_id=None, reference=None, note=N
         raise BalanceLimit()
     if row is None:
         return None
-    db.execute(
+    ledger_id = db.execute(
         "INSERT INTO ledger (wallet_id, amount, balance_after, kind, game_id, reference, created_at, note) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         [row["id"], amount, row["balance"], kind, game_id, reference, now, note],
-    )
+    ).fetchone()["id"]
+    db.wrote("ledger", ledger_id, now)  # books that lose it later went back in time (a failover)
     return row["id"]
 
 
@@ -289,9 +290,9 @@ def _text(number):
 
 
 def _insert_audit(db, audit, result, response_text=None):
-    db.execute(
+    audit_id = db.execute(
         "INSERT INTO callbacks (received_at, type, game_id, player_id, outcome, reason, "
-        "status_code, response, body, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "status_code, response, body, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         [
             audit["received_at"],
             audit.get("type"),
@@ -304,7 +305,8 @@ def _insert_audit(db, audit, result, response_text=None):
             audit.get("body"),
             (time.perf_counter() - audit["started"]) * 1000,
         ],
-    )
+    ).fetchone()["id"]
+    db.wrote("callbacks", audit_id, audit["received_at"])
 
 
 def record_callback(db, audit, result, response_text):

@@ -40,15 +40,17 @@ def check_url(url, what="DATABASE_URL"):
         )
 
 
-def open_store(target, synchronous="FULL", create=True, replicated=False):
+def open_store(target, synchronous="FULL", create=True, replicated=False, watermark=None):
     """Open the books at `target`: a PostgreSQL URL, or else a SQLite file path (`replicated`:
     Litestream copies its WAL off the machine). A URL of another scheme is refused, never
-    taken for a file name."""
+    taken for a file name. `watermark` (PostgreSQL; a SQLite file does not fail over): a
+    serving process's store.postgres.Watermark, or True for a new one; the store then refuses
+    a server that cannot be written or holds older books than it."""
     if is_database_url(target):
         check_url(os.fspath(target), what="a database URL")
-        from store.postgres import PostgresStore  # psycopg is loaded only for PostgreSQL
+        from store.postgres import PostgresStore, Watermark  # psycopg is loaded only for PostgreSQL
 
-        return PostgresStore(target)
+        return PostgresStore(target, watermark=Watermark() if watermark is True else watermark)
     return SQLiteStore(target, synchronous, create=create, writers_queue=True, replicated=replicated)
 
 

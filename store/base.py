@@ -18,7 +18,10 @@ class DatabaseUnavailable(Exception):
 
     `away`: the database as a whole is (other requests are answered at once for a moment, see
     db.get_db); not for one statement that ran out of time, nor for a request answered without
-    trying it."""
+    trying it. `alarm`: logged as an error even during an outage already logged (once per
+    outage), e.g. books that went back in time."""
+
+    alarm = False
 
     def __init__(self, message, away=True):
         super().__init__(message)
@@ -44,6 +47,8 @@ class Store:
     """
 
     label = None  # where the books are, for logs and messages (never a password)
+    watermark = None  # PostgreSQL, a serving process: what it has seen of its books
+    passed_over = None  # PostgreSQL: a server passed over when connecting, and why (for the log)
 
     def __init__(self):
         self.fixed_decimals = {}  # currency -> decimals once read from `currencies`, see money/units.py
@@ -101,15 +106,34 @@ class Store:
     def close(self):
         raise NotImplementedError
 
+    def wrote(self, table, row_id, at):
+        """Note a `ledger` or `callbacks` row (its id and time) written in the transaction under
+        way: an engine that can fail over checks that the books it reconnects to still hold it."""
+
+    def durability(self):
+        """None, or (whether a failover can lose answered callbacks, one line saying why)."""
+        return None
+
+    def position(self):
+        """Where the server holding the books stands (to compare two copies), or None."""
+        return None
+
     # Shared by both engines.
+    PING = "SELECT count(*) FROM wallets WHERE id = 0"
+
     def ping(self):
-        """One round-trip through the books; any failure means the database is unusable."""
+        """One round-trip through the books; any failure means the database is unusable, and
+        so do books that cannot be written (check_writable)."""
         try:
-            self.execute("SELECT count(*) FROM wallets WHERE id = 0").fetchone()
+            row = self.execute(self.PING).fetchone()
         except DatabaseUnavailable:
             raise
         except Exception as error:  # e.g. its tables are gone: not servable either
             raise DatabaseUnavailable(f"{self.label}: {error}") from None
+        self.check_writable(row)
+
+    def check_writable(self, ping_row):
+        """Raise DatabaseUnavailable if the ping's row says the books cannot be written."""
 
     def has_schema(self):
         return set(TABLES) <= set(self.table_names())
