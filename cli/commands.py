@@ -228,6 +228,11 @@ def reconcile(as_json):
         click.echo("games: " + (", ".join(f"{k} {v}" for k, v in report["games"].items()) or "none"))
         for currency, sums in report["totals"].items():
             click.echo(f"{currency}: " + ", ".join(f"{label} {amount}" for label, amount in sums.items()))
+        newest = [f"{table} row {row['id']} of {row['at']}" for table, row in report["newest"].items() if row]
+        click.echo("newest: " + (", ".join(newest) or "nothing yet"))
+        if report["server"]:
+            # After a failover two servers may hold the books: the one with the older newest rows lacks the rest.
+            click.echo(f"server: {report['server']}")
         for problem in report["discrepancies"]:
             click.echo(f"DISCREPANCY: {problem}")
         click.echo("the books balance" if report["ok"] else f"{len(report['discrepancies'])} discrepancies")

@@ -255,6 +255,8 @@ def _reconcile(db):
         totals[currency][TOTALS[kind]] += abs(total(row))
     return {
         "ok": not problems,
+        "newest": _newest(db),
+        "server": db.position(),
         "wallets": wallets,
         "games": dict(sorted(games_by_status.items())),
         "totals": {
@@ -263,6 +265,16 @@ def _reconcile(db):
         },
         "discrepancies": problems,
     }
+
+
+def _newest(db):
+    """The newest ledger and audit rows (id and time): of two copies of the books (an old primary
+    and the standby promoted in its place), the one whose newest rows are older lacks the rest."""
+    newest = {}
+    for table, column in (("ledger", "created_at"), ("callbacks", "received_at")):
+        row = db.execute(f"SELECT id, {column} FROM {table} ORDER BY id DESC LIMIT 1").fetchone()
+        newest[table] = None if row is None else {"id": row["id"], "at": iso(row[column])}
+    return newest
 
 
 def summary(db):

@@ -125,8 +125,18 @@ class SettlementSchema(RefundSchema):
     owed = Money(required=True, metadata={"description": "Still owed: settle again once the wallet has room."})
 
 
+class NewestRowSchema(Schema):
+    id = fields.Integer(required=True)
+    at = fields.String(required=True, metadata={"format": "date-time"})
+
+
 class ReconcileSchema(Schema):
     ok = fields.Boolean(required=True)
+    newest = fields.Dict(keys=fields.String(), values=fields.Nested(NewestRowSchema, allow_none=True), required=True,
+                         metadata={"description": "The newest ledger and callbacks rows: of two copies of the books "
+                                                  "(an old primary and its promoted standby), the older lacks the rest."})
+    server = fields.String(allow_none=True, required=True,
+                           metadata={"description": "PostgreSQL: the server's state (writable or standby, timeline)."})
     wallets = fields.Integer(required=True)
     games = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
     totals = fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String(), values=Money()), required=True)
