@@ -164,7 +164,7 @@ class Server:
         self.read_only = self.in_recovery or read_only == "on"
         self.system = None if system is None else str(system)
         self.timeline = int(walfile[:8], 16) if walfile else None
-        self.newest = {}  # table -> its newest id, read where it matters (Watermark.check)
+        self.newest = {}  # table -> its newest id, read where it matters (Watermark.went_back)
 
     def describe(self):
         parts = [f"{self.host}: " + ("a standby (read-only)" if self.in_recovery else
@@ -216,26 +216,28 @@ class Watermark:
         return "this worker wrote " + ", ".join(parts) if parts else ""
 
     def went_back(self, conn, server):
-        """Why `server` (on `conn`) holds older books than those seen, or None."""
+        """Why `server` (on `conn`) holds older books than those seen, or None; its newest rows
+        are noted in `server.newest` (for the message)."""
+        why = []
         if (server.system is not None and server.system == self.system and None not in (server.timeline, self.timeline)
                 and server.timeline < self.timeline):
-            return f"it is on timeline {server.timeline}, the books were already on timeline {self.timeline}"
-        if not self.rows:
-            return None
-        columns = []
-        for table, (row_id, _) in sorted(self.rows.items()):
-            columns.append(f"(SELECT {MARKED[table]} FROM {table} WHERE id = {int(row_id)})")
-            columns.append(f"(SELECT max(id) FROM {table})")
-        try:
-            found = conn.execute(f"SELECT {', '.join(columns)}").fetchone()
-        except psycopg.errors.UndefinedTable:
-            return "it holds no wallet tables"
-        missing = []
-        for index, (table, (row_id, at)) in enumerate(sorted(self.rows.items())):
-            server.newest[table] = found[2 * index + 1]
-            if found[2 * index] != at:
-                missing.append(f"{table} row {row_id}")
-        return f"it lacks {' and '.join(missing)}" if missing else None
+            why.append(f"it is on timeline {server.timeline}, the books were already on timeline {self.timeline}")
+        if self.rows:
+            marked = sorted(self.rows.items())
+            columns = [f"(SELECT {MARKED[table]} FROM {table} WHERE id = {int(row_id)}), (SELECT max(id) FROM {table})"
+                       for table, (row_id, _) in marked]
+            try:
+                found = conn.execute(f"SELECT {', '.join(columns)}").fetchone()
+            except psycopg.errors.UndefinedTable:
+                return "it holds no wallet tables"
+            missing = []
+            for index, (table, (row_id, at)) in enumerate(marked):
+                server.newest[table] = found[2 * index + 1]
+                if found[2 * index] != at:
+                    missing.append(f"{table} row {row_id}")
+            if missing:
+                why.append(f"it lacks {' and '.join(missing)}")
+        return "; ".join(why) or None
 
     def note(self, server):
         """Remember the server written to (called once it is accepted)."""
@@ -340,7 +342,7 @@ class PostgresStore(Store):
         if ping_row[1] == "on":
             self.discard()  # the next request reconnects: target_session_attrs may find a writable host
             raise DatabaseUnavailable(f"PostgreSQL: {self.server.host} answers read-only: the books cannot be "
-                                         "written there (a standby, or default_transaction_read_only)")
+                                      "written there (a standby, or default_transaction_read_only)")
 
     def position(self):
         return self.server.describe()
