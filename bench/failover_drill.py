@@ -94,8 +94,8 @@ def drill(mode, name, workdir):
         if lagging:
             pair.standby.stop("fast")  # receives nothing more; the primary does not wait for it
             time.sleep(ARGS.lag)
-        crash = time.monotonic()
         pair.primary.stop("immediate")
+        crash = time.monotonic()  # when pg_ctl is done: nothing is answered by the primary after it
         if lagging:
             pair.standby.start()
         began = time.monotonic()
