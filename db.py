@@ -108,7 +108,7 @@ def _open(app, state):
             # answered from cannot be swapped for older ones (a failover's old primary) unnoticed.
             store = open_store(configured_target(config), config["SQLITE_SYNCHRONOUS"], create=state["create"],
                                replicated=config.get("LITESTREAM_REPLICA_URL") is not None,
-                               watermark=state["watermark"] or state["create"])
+                               watermark=(state["watermark"] or True) if state["create"] else None)
         store.configured_decimals = config["CURRENCY_DECIMALS"]
         try:
             if not state["prepared"]:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness.live import Gunicorn
+from harness.live import Gunicorn, flask_cli
 from harness.postgres_servers import Pair
 from harness.samples import CALLBACK_TOKEN, FINISH, START, body
 from tests.support import Wallet, books, query
@@ -327,9 +327,9 @@ def test_a_promoted_standby_without_the_callbacks_answered_last_is_refused(new_p
     pair.primary.start()  # the lost books, for comparison (a reconciliation with the provider)
     reports = {}
     for where, target in (("promoted", promoted), ("old", pair.primary.uri(name))):
-        result = app_on(target).test_cli_runner().invoke(args=["wallet", "reconcile", "--json"])
-        assert result.exit_code == 0, result.output  # each copy balances on its own...
-        reports[where] = json.loads(result.output)
+        result = flask_cli("wallet", "reconcile", "--json", DATABASE_URL=target, CURRENCY_DECIMALS="USD=2")
+        assert result.returncode == 0, result.stderr  # each copy balances on its own...
+        reports[where] = json.loads(result.stdout)
     # ...and says where it stands: the promoted one on timeline 2, lacking the newer rows.
     assert "timeline 2" in reports["promoted"]["server"] and "timeline 1" in reports["old"]["server"], reports
     assert reports["promoted"]["newest"]["callbacks"]["id"] < reports["old"]["newest"]["callbacks"]["id"], reports
