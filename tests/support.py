@@ -2,10 +2,14 @@
 books from outside it, JSON with literal numbers and repeated keys, and a real gunicorn for a
 module. Imported as `from tests.support import ...`; the fixtures live in conftest.py."""
 
+import collections
 import contextlib
 import itertools
 import json
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -149,6 +153,37 @@ def play_a_little(wallet):
 
 
 _stores = {}  # target -> an open store, reused by the helpers below (a connection costs ms)
+
+
+@contextlib.contextmanager
+def retrying_providers(server, clients=4, player=lambda client: "steady", pause=0.05):
+    """Provider clients on `server`, each playing start then finish, game after game, retrying a
+    callback every `pause` seconds while it answers 503, until the block ends (each finishes its
+    game). Yields {(game, kind): [(time answered, (status, body)), ...]}, filled as they play."""
+    answers, stop = collections.defaultdict(list), threading.Event()
+
+    def provider(client):
+        for n in itertools.count():
+            game = f"c{client}-g{n}"
+            for kind, template in (("start", START), ("finish", FINISH)):
+                payload = body(template, **{"game.id": game, "session.playerId": player(client)})
+                while True:
+                    answer = server.callback(payload)
+                    answers[game, kind].append((time.monotonic(), answer))
+                    if answer[0] != 503:
+                        break
+                    time.sleep(pause)
+            if stop.is_set():
+                return
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        running = [pool.submit(provider, client) for client in range(clients)]
+        try:
+            yield answers
+        finally:
+            stop.set()
+            for each in running:
+                each.result()
 
 
 def store_for(target):

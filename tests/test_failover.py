@@ -14,15 +14,14 @@ How long the 503s last around a promotion is measured by bench/failover_drill.py
 import collections
 import itertools
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from harness.live import Gunicorn, flask_cli
 from harness.postgres_servers import Pair
-from harness.samples import CALLBACK_TOKEN, FINISH, START, body
-from tests.support import Wallet, books, query
+from harness.samples import CALLBACK_TOKEN, START, body
+from tests.support import Wallet, books, query, retrying_providers
 
 import db
 from store import postgres
@@ -197,25 +196,7 @@ def test_a_promotion_under_traffic_loses_nothing_answered_in_synchronous_mode(ne
     try:
         for player in range(4):
             server.deposit(f"player-{player}", "100000.00")
-        stop, answers = threading.Event(), collections.defaultdict(list)
-
-        def provider(client):
-            """Start then finish game after game, retrying each callback 0.1 s after a 503."""
-            for game in itertools.count():
-                game_id, player = f"p{client}-{game}", f"player-{client}"
-                for kind, payload in (("start", started(game_id, player)), ("finish", body(FINISH, **{
-                        "game.id": game_id, "session.playerId": player}))):
-                    while True:
-                        answer = server.request("POST", f"/callback/{CALLBACK_TOKEN}", payload, timeout=15)
-                        answers[game_id, kind].append((time.monotonic(), answer))
-                        if answer[0] != 503:
-                            break
-                        time.sleep(0.1)
-                if stop.is_set():
-                    return
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            clients = [pool.submit(provider, client) for client in range(4)]
+        with retrying_providers(server, player=lambda client: f"player-{client}", pause=0.1) as answers:
             time.sleep(0.6)
             pair.primary.stop()  # immediate: a crash
             pair.standby.promote()
@@ -225,9 +206,6 @@ def test_a_promotion_under_traffic_loses_nothing_answered_in_synchronous_mode(ne
                 assert time.monotonic() < deadline, "the workers never followed the promoted standby"
                 time.sleep(0.1)
             time.sleep(0.5)
-            stop.set()
-            for client in clients:
-                client.result()
 
         every = [answer for tries in answers.values() for _, answer in tries]
         assert {status for status, _ in every} <= {200, 503}, collections.Counter(status for status, _ in every)

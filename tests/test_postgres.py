@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 from harness.live import Gunicorn, flask_cli, free_port
-from harness.samples import CALLBACK_TOKEN, FINISH, START, body, store_settings
-from tests.support import Wallet, books, execute, query, start_postgres
+from harness.samples import CALLBACK_TOKEN, START, body, store_settings
+from tests.support import Wallet, books, execute, query, retrying_providers, start_postgres
 from psycopg.conninfo import conninfo_to_dict
 
 import app as app_module
@@ -94,26 +94,7 @@ def test_the_database_going_away_answers_503_and_the_same_workers_serve_again(ow
     server = Gunicorn(own_postgres.database(), name="outage", log_dir=tmp_path, workers=2).start()
     try:
         server.deposit("steady", "100000.00")
-        answers = collections.defaultdict(list)  # (game, kind) -> every answer, in order
-        stop = threading.Event()
-
-        def provider(client):
-            """Start then finish game after game, retrying each callback until it is settled."""
-            for n in itertools.count():
-                game = f"c{client}-g{n}"
-                for kind, payload in (("start", body(START, **{"game.id": game, "session.playerId": "steady"})),
-                                      ("finish", body(FINISH, **{"game.id": game, "session.playerId": "steady"}))):
-                    while True:
-                        answer = server.callback(payload)
-                        answers[game, kind].append(answer)
-                        if answer[0] != 503:
-                            break
-                        time.sleep(0.05)  # the provider retries
-                if stop.is_set():
-                    return
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            clients = [pool.submit(provider, client) for client in range(4)]
+        with retrying_providers(server) as answers:  # (game, kind) -> every answer, in order
             time.sleep(0.5)
             own_postgres.stop()
             time.sleep(1.5)
@@ -124,17 +105,14 @@ def test_the_database_going_away_answers_503_and_the_same_workers_serve_again(ow
                 assert time.monotonic() < deadline, "the workers never served again"
                 time.sleep(0.1)
             time.sleep(0.5)
-            stop.set()
-            for client in clients:
-                client.result()
 
         assert down[0] == 503 and down[1]["error"] == "database_unavailable", down
-        every = [answer for tries in answers.values() for answer in tries]
+        every = [answer for tries in answers.values() for _, answer in tries]
         refused = [answer for answer in every if answer[0] == 503]
         assert refused, "no callback met the outage"
         assert all(answer[1]["error"] == "database_unavailable" for answer in refused), refused[:3]
         for (game, kind), tries in answers.items():
-            assert tries[-1] == (200, {"result": True} if kind == "start" else {}), (game, kind, tries)
+            assert tries[-1][1] == (200, {"result": True} if kind == "start" else {}), (game, kind, tries)
         rows = collections.defaultdict(list)
         for _, amount, kind, game_id, _ in books(server.database)["ledger"]:
             rows[kind, game_id].append(amount)
