@@ -1,6 +1,7 @@
 """The operator's API: deposits, withdrawals and balances, behind `Authorization: Bearer`."""
 
 import hmac
+import threading
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -13,6 +14,12 @@ from money.views import player_wallets, wallet_view
 from web import bodies
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+# A reconciliation reads the whole books (on 1,000,000 games: tens of seconds of one thread and
+# of a core): one at a time per worker, so that the worker's other threads keep the callbacks
+# going; one asked for meanwhile is refused with a 503 `busy` and Retry-After.
+_reconciling = threading.Lock()
+RECONCILE_RETRY_AFTER_S = 30
 
 
 @bp.before_request
@@ -125,5 +132,13 @@ def callbacks():
 
 @bp.get("/reconcile")
 def reconcile():
-    """Check that the books balance."""
-    return jsonify(books.reconcile(get_db()))
+    """Check that the books balance: one reconciliation at a time per worker."""
+    if not _reconciling.acquire(blocking=False):
+        raise ApiError(503, "busy",
+                       "A reconciliation is already running on this worker; retry later, or run "
+                       "'flask --app app wallet reconcile' beside the service for large books.",
+                       headers={"Retry-After": str(RECONCILE_RETRY_AFTER_S)})
+    try:
+        return jsonify(books.reconcile(get_db()))
+    finally:
+        _reconciling.release()
