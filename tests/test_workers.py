@@ -2,8 +2,8 @@
 both engines: kept-alive connections are spread over the workers, and a request that waits
 on the database holds up no other request of its worker.
 
-Which worker served a request is read from gunicorn's access log (live.py logs the worker's
-pid first). Nothing here is timed: each test checks what happened before what.
+Which worker served a request is read from gunicorn's access log (harness/live.py logs the
+worker's pid first). Nothing here is timed: each test checks what happened before what.
 """
 
 import http.client
@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from conftest import ADMIN_TOKEN, CALLBACK_TOKEN, ENGINES, START, body, books, module_gunicorn, store_for
-from live import STARTUP_SECONDS
+from harness.live import STARTUP_SECONDS
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, START, body
+from tests.support import ENGINES, books, module_gunicorn, store_for
 
 CONNECTIONS = 32
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
