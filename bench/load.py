@@ -104,6 +104,7 @@ class Connection:
         self.buffer = b""
         self.sent_at = self.due_at = None
         self.results = []  # (due or sent, answered, ok)
+        self.lags = []  # how late the client itself sent each paced request (s)
 
     def connect(self):
         self.sock = socket.create_connection(("127.0.0.1", self.port))
@@ -116,6 +117,7 @@ class Connection:
             self.connect()
         self.kind = kind
         self.sent_at, self.due_at = now, self.due(self.next) if self.due else now
+        self.lags.append(now - self.due_at)
         self.buffer = b""
         self.sock.sendall(_request(self.port, kind, game, player, won))
 
@@ -377,6 +379,49 @@ def reconcile_stall(args, engine, template, workdir):
 # --- the run ---------------------------------------------------------------------------------
 
 
+def report_load(name, figures, rate, args):
+    """Print the saturated, paced and burst figures of both apps; the verdicts they give."""
+    log(f"saturation ({SATURATION_CONNECTIONS} connections, unpaced, {args.seconds:g} s) and paced "
+        f"({PACED_CONNECTIONS} connections, {PACED_SHARE:.0%} of the project's peak: {rate:,.0f} callbacks/s "
+        f"offered; latency from when each was due):")
+    failed = False
+    for app in ("project", "reference"):
+        for mode in ("saturated", "paced"):
+            s, share = figures[app, mode]
+            describe(f"{app} {mode}", s, share)
+            failed |= s["errors"] > 0
+    for app in ("project", "reference"):
+        took, n, errors, share = figures[app, "burst"]
+        shares = ", ".join(f"{v / sum(share.values()):.0%}" for v in sorted(share.values(), reverse=True))
+        log(f"  {app} burst: {n:,} finishes over {BURST_CONNECTIONS} connections answered in {took:.2f} s, "
+            f"errors {errors}, workers' shares {shares}; books {'balance' if figures[app, 'books'] else 'DO NOT BALANCE'}")
+        failed |= errors > 0 or not figures[app, "books"]
+    project_sat, project_sat_share = figures["project", "saturated"]
+    project_paced, project_paced_share = figures["project", "paced"]
+    reference_sat, reference_paced = figures["reference", "saturated"][0], figures["reference", "paced"][0]
+    top = max(max(s.values()) / sum(s.values()) for s in (project_sat_share, project_paced_share))
+    took, _, burst_errors, _ = figures["project", "burst"]
+    return failed, [
+        (name, f"no worker serves more than {TARGETS['share']:.0%} of the callbacks", f"{top:.0%}",
+         top <= TARGETS["share"]),
+        (name, "paced p99 within 2 x the reference's on sync workers",
+         f"{project_paced['p99']:.1f} / {reference_paced['p99']:.1f} ms = "
+         f"{project_paced['p99'] / reference_paced['p99']:.2f}",
+         project_paced["p99"] <= TARGETS["paced p99 / reference"] * reference_paced["p99"]),
+        (name, f"paced p99 below {TARGETS['paced p99 ms']} ms", f"{project_paced['p99']:.1f} ms",
+         project_paced["p99"] < TARGETS["paced p99 ms"]),
+        (name, f"paced max below {TARGETS['paced max ms']} ms", f"{project_paced['max']:.1f} ms",
+         project_paced["max"] < TARGETS["paced max ms"]),
+        (name, "saturated callbacks/s at least 0.9 of the reference's",
+         f"{project_sat['rate']:,.0f} / {reference_sat['rate']:,.0f} = {project_sat['rate'] / reference_sat['rate']:.2f}",
+         project_sat["rate"] >= TARGETS["saturated / reference"] * reference_sat["rate"]),
+        (name, f"saturated p99 below {TARGETS['saturated p99 ms']} ms", f"{project_sat['p99']:.1f} ms",
+         project_sat["p99"] < TARGETS["saturated p99 ms"]),
+        (name, f"burst of {BURST_GAMES:,} finishes answered within {BURST_SECONDS:g} s, books balance",
+         f"{took:.2f} s", took <= BURST_SECONDS and not burst_errors and figures["project", "books"]),
+    ]
+
+
 def verdict(met):
     return "met" if met else "MISSED"
 
@@ -392,6 +437,7 @@ def main():
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--reconcile-games", type=int, default=0,
                         help="also the reconcile stall on a database of this many settled games (0: not run)")
+    parser.add_argument("--reconcile-only", action="store_true", help="only the reconcile stall")
     parser.add_argument("--synchronous", default="FULL", choices=("OFF", "NORMAL", "FULL", "EXTRA"))
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
@@ -407,12 +453,13 @@ def main():
             log(engines[name].describe(args))
         log(f"{args.workers} workers; project: gunicorn.conf.py's worker ({bench.worker_class()}); reference: "
             f"bench/reference.py on sync workers; {args.client_processes} client processes; "
-            f"{os.cpu_count()} CPUs; LOG_LEVEL={args.log_level}")
+            f"{os.cpu_count()} CPUs; LOG_LEVEL={args.log_level}; load average {os.getloadavg()[0]:.1f} "
+            "(other processes on the machine take their share of the CPUs from both)")
         verdicts = []
         for name, engine in engines.items():
             log(f"\n=== {name} ===")
             figures = {}
-            for app in ("project", "reference"):
+            for app in () if args.reconcile_only else ("project", "reference"):
                 service = Service(args, engine, app, f"{name}-{app}", workdir)
                 try:
                     figures[app, "saturated"] = saturate(service, args)
@@ -423,44 +470,10 @@ def main():
                     figures[app, "books"] = service.books()
                 finally:
                     service.stop(args.keep)
-            log(f"saturation ({SATURATION_CONNECTIONS} connections, unpaced, {args.seconds:g} s) and paced "
-                f"({PACED_CONNECTIONS} connections, {PACED_SHARE:.0%} of the project's peak: {rate:,.0f} callbacks/s "
-                f"offered; latency from when each was due):")
-            for app in ("project", "reference"):
-                for mode in ("saturated", "paced"):
-                    s, share = figures[app, mode]
-                    describe(f"{app} {mode}", s, share)
-                    failed |= s["errors"] > 0
-            for app in ("project", "reference"):
-                took, n, errors, share = figures[app, "burst"]
-                shares = ", ".join(f"{v / sum(share.values()):.0%}" for v in sorted(share.values(), reverse=True))
-                log(f"  {app} burst: {n:,} finishes over {BURST_CONNECTIONS} connections answered in {took:.2f} s, "
-                    f"errors {errors}, workers' shares {shares}; books {'balance' if figures[app, 'books'] else 'DO NOT BALANCE'}")
-                failed |= errors > 0 or not figures[app, "books"]
-            project_sat, project_sat_share = figures["project", "saturated"]
-            project_paced, project_paced_share = figures["project", "paced"]
-            reference_sat, reference_paced = figures["reference", "saturated"][0], figures["reference", "paced"][0]
-            top = max(max(s.values()) / sum(s.values()) for s in (project_sat_share, project_paced_share))
-            took, _, burst_errors, _ = figures["project", "burst"]
-            verdicts += [
-                (name, f"no worker serves more than {TARGETS['share']:.0%} of the callbacks", f"{top:.0%}",
-                 top <= TARGETS["share"]),
-                (name, "paced p99 within 2 x the reference's on sync workers",
-                 f"{project_paced['p99']:.1f} / {reference_paced['p99']:.1f} ms = "
-                 f"{project_paced['p99'] / reference_paced['p99']:.2f}",
-                 project_paced["p99"] <= TARGETS["paced p99 / reference"] * reference_paced["p99"]),
-                (name, f"paced p99 below {TARGETS['paced p99 ms']} ms", f"{project_paced['p99']:.1f} ms",
-                 project_paced["p99"] < TARGETS["paced p99 ms"]),
-                (name, f"paced max below {TARGETS['paced max ms']} ms", f"{project_paced['max']:.1f} ms",
-                 project_paced["max"] < TARGETS["paced max ms"]),
-                (name, "saturated callbacks/s at least 0.9 of the reference's",
-                 f"{project_sat['rate']:,.0f} / {reference_sat['rate']:,.0f} = {project_sat['rate'] / reference_sat['rate']:.2f}",
-                 project_sat["rate"] >= TARGETS["saturated / reference"] * reference_sat["rate"]),
-                (name, f"saturated p99 below {TARGETS['saturated p99 ms']} ms", f"{project_sat['p99']:.1f} ms",
-                 project_sat["p99"] < TARGETS["saturated p99 ms"]),
-                (name, f"burst of {BURST_GAMES:,} finishes answered within {BURST_SECONDS:g} s, books balance",
-                 f"{took:.2f} s", took <= BURST_SECONDS and not burst_errors and figures["project", "books"]),
-            ]
+            if not args.reconcile_only:
+                load_failed, load_verdicts = report_load(name, figures, rate, args)
+                failed |= load_failed
+                verdicts += load_verdicts
             if args.reconcile_games:
                 template = engine.new_database(f"template_{args.reconcile_games}")
                 bench.init_db(bench.service_env(args, engine.settings(template)))
@@ -480,7 +493,7 @@ def main():
                 verdicts.append((name, "with two reconciles on the books, starts within 100 ms of their usual time",
                                  f"max {after['max']:.1f} ms against p50 {before['p50']:.1f} ms alone",
                                  after["max"] <= before["p50"] + TARGETS["stall ms"]))
-        log("\nissue 20's targets:")
+        log(f"\nload average at the end {os.getloadavg()[0]:.1f}; issue 20's targets:")
         for name, target, figure, met in verdicts:
             log(f"  [{verdict(met):>6}] {name:<10} {target}: {figure}")
     finally:
