@@ -15,12 +15,10 @@ import contextlib
 import itertools
 import os
 
-# psycopg waits for the server in C, unless it finds gevent's patched select (the Procfile's
-# workers): then it waits in Python so that other greenlets run meanwhile, which cost 0.5 ms of
-# a worker's CPU per callback, measured. One request at a time uses a worker's connection
-# anyway (db.get_db), so waiting in C holds the worker's other connections still for the length
-# of a round trip, and at worst for the timeouts below (5 s for a statement, about 10 s for a
-# peer that vanished), within gunicorn's 30 s. (Set before psycopg is imported.)
+# psycopg waits for the server in C, without the GIL: the worker's other threads (each with a
+# connection of its own, db.get_db) run meanwhile. It would wait in Python if it found gevent's
+# patched select in the process (0.5 ms more of a worker's CPU per callback, measured when the
+# service ran on gevent): said here so that it never does. (Set before psycopg is imported.)
 os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_c")
 
 import psycopg  # noqa: E402

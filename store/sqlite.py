@@ -98,8 +98,8 @@ class SQLiteStore(Store):
 
         The service's own processes first queue on an flock of a file beside the database:
         SQLite makes a writer that finds the lock taken sleep and retry (1, 2, 5 ... 100 ms),
-        which with several busy workers leaves one waiting for tens of milliseconds, and a
-        gevent worker's every connection with it; the flock is tried again every 2 ms at most.
+        which with several busy workers leaves one waiting for tens of milliseconds; the flock is
+        tried again every 2 ms at most.
         BEGIN IMMEDIATE still guards against any other writer.
         """
         if self._queue:
@@ -122,7 +122,7 @@ class SQLiteStore(Store):
 
     def _queue_up(self):
         """Take the writers' flock, waiting at most busy_timeout: while another process holds it
-        the wait is short sleeps (a gevent worker serves its other connections meanwhile)."""
+        the wait is short sleeps (the worker's other threads run meanwhile)."""
         if self._writers is None:
             self._writers = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT, 0o600)
         deadline, pause = time.monotonic() + BUSY_TIMEOUT_MS / 1000, 0.0002

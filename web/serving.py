@@ -35,6 +35,7 @@ class JsonRefusals:
     """Mix into any gunicorn worker class, ahead of it: `class W(JsonRefusals, SyncWorker)`.
 
     It overrides the `Worker.handle_error` every worker class shares (sync, gthread, gevent).
+    WalletWorker (below) is gthread's, with it.
     """
 
     def handle_error(self, req, client, addr, exc):
@@ -117,8 +118,8 @@ def check_before_serving(arbiter):
     boots: a worker that fails to boot would stop gunicorn with a traceback instead.
 
     The app gunicorn serves is built, as a worker builds it, in a forked child and asked for
-    its /healthz, so the master imports none of it: a gevent worker must patch the standard
-    library before the app's modules (psycopg among them) load.
+    its /healthz, so the master imports none of it (and forks its workers without the app's
+    connections or threads).
     """
     pid = os.fork()
     if pid == 0:
