@@ -222,7 +222,8 @@ def request_is_whole(data, max_head):
 
 class WalletWorker(JsonRefusals, ThreadWorker):
     """gunicorn's gthread worker, taking its connections from the Dealer, handing a thread only
-    whole requests, and refusing in JSON."""
+    whole requests, and refusing in JSON. (HTTP/1.1 without TLS: a platform's router or a proxy
+    in front terminates TLS.)"""
 
     channel = None  # this worker's end of its socketpair with the Dealer (set in pre_fork)
 
@@ -234,13 +235,16 @@ class WalletWorker(JsonRefusals, ThreadWorker):
         super().init_process()
 
     def run(self):
-        self.channel.setblocking(False)
+        if self.channel is not None:
+            self.channel.setblocking(False)
         super().run()
 
     def set_accept_enabled(self, enabled):
         """Take connections from the Dealer's channel (never from the listeners themselves), and
         tell the Dealer: it deals to a worker only while it takes them (not before it can serve,
         nor while it holds worker_connections, nor once it is stopping)."""
+        if self.channel is None:  # served without gunicorn.conf.py's hooks: no Dealer
+            return super().set_accept_enabled(enabled)
         if enabled == self._accepting:
             return
         if enabled:
@@ -311,8 +315,9 @@ class WalletWorker(JsonRefusals, ThreadWorker):
         super().enqueue_req(conn)
 
     def enqueue_req(self, conn):
-        # gunicorn calls this for a kept-alive connection that has read ahead into its next request.
-        self.read_request(conn, conn.parser.unreader.take_buffered())
+        # gunicorn calls this for a kept-alive connection that read ahead into its next request,
+        # and (with no Dealer) for a connection it accepted itself.
+        self.read_request(conn, conn.parser.unreader.take_buffered() if conn.parser else b"")
 
     def on_client_socket_readable(self, conn, client):
         """A kept-alive connection sends its next request: read it in the main loop first."""
