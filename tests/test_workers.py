@@ -15,6 +15,7 @@ import time
 import pytest
 
 from harness.live import STARTUP_SECONDS
+from web import api, serving
 from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN, START, body
 from tests.support import ENGINES, books, module_gunicorn, store_for
 
@@ -196,4 +197,41 @@ def test_clients_that_never_finish_their_body_stall_nobody(server):
     finally:
         for sock in slow:
             sock.close()
+    server.assert_healthy()
+
+
+@pytest.mark.parametrize(("sent", "whole"), [
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", False),  # the head goes on
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", True),
+    (b"\r\n\r\n", False),  # empty lines before a request line are not one
+    (b"\r\nGET /healthz HTTP/1.1\r\n\r\n", True),
+    (b"POST /callback HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", False),  # the body goes on
+    (b"POST /callback HTTP/1.1\r\ncontent-length:5\r\n\r\nabcde", True),
+    (b"POST /callback HTTP/1.1\r\nContent-Length: 999999\r\n\r\nab", True),  # refused unread
+    (b"POST /callback HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", True),  # a thread reads it
+    (b"POST /callback HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", True),  # waits for gunicorn
+    (b"POST /callback HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", True),  # refused
+    (b"GET /" + b"x" * 900_000, True),  # past any head gunicorn takes: refused at once
+])
+def test_a_thread_is_handed_a_request_once_it_can_be_served_without_waiting(sent, whole):
+    assert serving.request_is_whole(sent, max_head=850_000) is whole
+
+
+def test_large_books_are_reconciled_in_a_process_of_their_own(server):
+    """Past RECONCILE_APART_ROWS ledger rows a reconciliation runs as the CLI's, apart from the
+    worker (whose threads keep serving), and answers its report; the books seem that large here
+    by one ledger row of a high id (moving nothing: 0.00, a deposit with its reference)."""
+    store = store_for(server.database)
+    wallet = store.execute("SELECT id, balance FROM wallets WHERE player_id = 'player-42'").fetchone()
+    high = api.RECONCILE_APART_ROWS + 1
+    with store.transaction():
+        store.execute("INSERT INTO ledger (id, wallet_id, amount, balance_after, kind, reference, created_at) "
+                      "VALUES (?, ?, 0, ?, 'deposit', 'seems-large', 0)", [high, wallet["id"], wallet["balance"]])
+    try:
+        status, report = server.admin("GET", "/api/reconcile")
+        assert status == 200 and report["ok"], report
+        assert "in a process of its own" in server.log()
+    finally:
+        with store.transaction():
+            store.execute("DELETE FROM ledger WHERE id = ?", [high])
     server.assert_healthy()
