@@ -33,7 +33,6 @@ import argparse
 import collections
 import contextlib
 import http.client
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -46,11 +45,16 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_callbacks", HERE / "callbacks.py")
-bench = importlib.util.module_from_spec(_spec)  # bench/callbacks.py: engines, the service, its checks
-_spec.loader.exec_module(bench)
-reference = bench.reference
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: bench.*, harness
+from bench.checks import check_reference, reconcile  # noqa: E402
+from bench.clients import FINISH, START, WIN_PAYOUT  # noqa: E402
+from bench.engines import PostgresEngine, SQLiteEngine  # noqa: E402
+from bench.fill import history  # noqa: E402
+from bench.rounds import DEPOSIT  # noqa: E402
+from bench.servers import init_db, settings, worker_class  # noqa: E402
+from bench import reference  # noqa: E402
+from harness.live import Gunicorn  # noqa: E402
+from harness.samples import ADMIN_TOKEN, CALLBACK_TOKEN  # noqa: E402
 
 SATURATION_CONNECTIONS = 16
 PACED_CONNECTIONS = 64
@@ -60,7 +64,6 @@ RECONCILE_CONNECTIONS, RECONCILE_RATE = 4, 10  # starts per second per connectio
 TARGETS = {"share": 0.6, "paced p99 / reference": 2.0, "paced p99 ms": 50, "paced max ms": 250,
            "saturated / reference": 0.9, "saturated p99 ms": 100, "burst s": BURST_SECONDS,
            "stall ms": 100}
-ACCESS_FORMAT = "%(p)s %(s)s %(U)s"
 APPS = {
     "project": ["app:create_app()"],
     # gunicorn.conf.py sets threads: with more than one, gunicorn would make `sync` a gthread.
@@ -72,22 +75,26 @@ def log(*parts):
     print(*parts, flush=True)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help: the module docstring as written, and every option's default."""
+
+
 # --- the client: many kept-alive connections from one loop per process -----------------------
 
 
 def _payload(kind, game, player, won):
     now = int(time.time() * 1000)
     if kind == "start":
-        text = bench.START % (f"s-{game}", player, game, now)
+        text = START % (f"s-{game}", player, game, now)
     else:
-        text = bench.FINISH % (f"s-{game}", player, game, "win" if won else "lose",
-                               bench.WIN_PAYOUT if won else 0, "1.00" if won else "-1.00", now)
+        text = FINISH % (f"s-{game}", player, game, "win" if won else "lose",
+                         WIN_PAYOUT if won else 0, "1.00" if won else "-1.00", now)
     return text.encode()
 
 
 def _request(port, kind, game, player, won):
     body = _payload(kind, game, player, won)
-    return (f"POST /callback/{bench.CALLBACK_TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    return (f"POST /callback/{CALLBACK_TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -240,34 +247,27 @@ class Service:
     """gunicorn serving the project or the reference on a fresh database, players funded."""
 
     def __init__(self, args, engine, app, name, workdir, template=None):
-        self.engine, self.app, self.name = engine, app, name
+        self.args, self.engine, self.app, self.name = args, engine, app, name
         self.target = engine.new_database(name, template)
-        self.env = bench.service_env(args, engine.settings(self.target))
         if app == "reference":
             reference.create_schema(self.target, args.synchronous)
         elif template is None:
-            bench.init_db(self.env)
-        self.access = Path(workdir) / f"{name}-access.log"
-        gunicorn_args = argparse.Namespace(
-            workers=args.workers, profile_clock="cpu",
-            gunicorn_arg=["--access-logfile", str(self.access), "--access-logformat", ACCESS_FORMAT, *APPS[app][:-1]])
-        self.server = bench.Server(self.env, APPS[app][-1], workdir, gunicorn_args, name)
-        if not self.server.wait_ready():
-            raise SystemExit(f"{name}: gunicorn did not start")
+            init_db(args, self.target)
+        self.server = Gunicorn(self.target, name=name, workers=args.workers, log_dir=workdir, app=APPS[app][-1],
+                               options=APPS[app][:-1], **settings(args))
+        self.server.start()
+        self.access = self.server.access_log  # "pid status method path" per request
         self.port = self.server.port
         self.players = [f"load-{i:03d}" for i in range(args.players)]
         for i, player in enumerate(self.players):
-            status, body = bench.admin("POST", self.port, f"/api/players/{player}/deposits",
-                                       {"currency": "USD", "amount": bench.DEPOSIT, "reference": f"{name}-{i}"})
-            if status != 201:
-                raise SystemExit(f"deposit failed: {status} {body}")
+            self.server.deposit(player, DEPOSIT, reference=f"{name}-{i}")
 
     def shares(self):
         """Callbacks served per worker pid since the last call, from the access log."""
         counts = collections.Counter()
         with contextlib.suppress(FileNotFoundError):
             for line in self.access.read_text().splitlines():
-                pid, _, path = line.split(" ", 2)
+                pid, _, _, path = line.split(" ", 3)
                 if path.startswith("/callback"):
                     counts[pid.strip("<>")] += 1
         self.access.write_text("")
@@ -275,8 +275,8 @@ class Service:
 
     def books(self):
         if self.app == "project":
-            return bench.reconcile(self.env, f"{self.name}: ")
-        return bench.check_reference(self.target)
+            return reconcile(self.args, self.target, f"{self.name}: ")
+        return check_reference(self.target)
 
     def stop(self, keep=False):
         self.server.stop()
@@ -356,7 +356,7 @@ def reconcile_stall(args, engine, template, workdir):
         def reconcile_call():
             began = time.monotonic()
             conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=600)
-            conn.request("GET", "/api/reconcile", headers={"Authorization": f"Bearer {bench.ADMIN_TOKEN}"})
+            conn.request("GET", "/api/reconcile", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
             response = conn.getresponse()
             body = json.loads(response.read() or b"{}")
             answers.append((response.status, body.get("ok", body.get("error")), time.monotonic() - began))
@@ -427,7 +427,7 @@ def verdict(met):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=bench.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--engine", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--database-url", help="a PostgreSQL server of yours (a role that may CREATE DATABASE)")
     parser.add_argument("--workers", type=int, default=2)
@@ -449,9 +449,9 @@ def main():
     failed = False
     try:
         for name in names:
-            engines[name] = bench.SQLiteEngine(args, workdir) if name == "sqlite" else bench.PostgresEngine(args)
+            engines[name] = SQLiteEngine(args, workdir) if name == "sqlite" else PostgresEngine(args)
             log(engines[name].describe(args))
-        log(f"{args.workers} workers; project: gunicorn.conf.py's worker ({bench.worker_class()}); reference: "
+        log(f"{args.workers} workers; project: gunicorn.conf.py's worker ({worker_class()}); reference: "
             f"bench/reference.py on sync workers; {args.client_processes} client processes; "
             f"{os.cpu_count()} CPUs; LOG_LEVEL={args.log_level}; load average {os.getloadavg()[0]:.1f} "
             "(other processes on the machine take their share of the CPUs from both)")
@@ -476,9 +476,9 @@ def main():
                 verdicts += load_verdicts
             if args.reconcile_games:
                 template = engine.new_database(f"template_{args.reconcile_games}")
-                bench.init_db(bench.service_env(args, engine.settings(template)))
+                init_db(args, template)
                 began = time.monotonic()
-                engine.load(template, bench.history(args.reconcile_games, args.history_players, args.game_ids))
+                engine.load(template, history(args.reconcile_games, args.history_players, args.game_ids))
                 log(f"fill: {args.reconcile_games:,} games in {time.monotonic() - began:.0f} s")
                 before, after, answers, running, books = reconcile_stall(args, engine, template, workdir)
                 if not args.keep:
