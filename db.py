@@ -1,4 +1,4 @@
-"""Flask's wiring of the store: one store per process, used by one request at a time.
+"""Flask's wiring of the store: a connection per thread serving, reused across requests.
 
 The store itself (store/) knows nothing of Flask; this module opens it for the app, hands it
 to a request (`get_db`), frees it at the request's end, and keeps the outage state that lets
@@ -18,8 +18,9 @@ import wallet
 from store import ConfigurationError, DatabaseUnavailable, check_url, configured_target, describe_url, open_store
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-# While the database is away every request must still get its 503 within seconds: one waits
-# at most QUEUE_TIMEOUT_S for its worker's connection, and once the database failed a request
+# While the database is away every request must still get its 503 within seconds: one thread
+# of a worker at a time opens a connection, another waits at most QUEUE_TIMEOUT_S for it, and
+# once the database failed a request
 # the others are answered at once for RETRY_AFTER_S (the 503's Retry-After); so a queue of
 # callbacks drains instead of taking turns to time out. Meanwhile one request at a time, at
 # most one per PROBE_INTERVAL_S, is let through to try it (the probe): once one gets an
@@ -27,8 +28,8 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 QUEUE_TIMEOUT_S = 5
 RETRY_AFTER_S = 1
 PROBE_INTERVAL_S = 0.1
-# /healthz waits less: a worker whose connection is held that long (a COMMIT waiting for a
-# synchronous standby, see store.postgres.COMMIT_TIMEOUT_S) is not one to send traffic to.
+# /healthz waits less for its turn to open a connection: a worker that cannot get one that
+# fast (the database slow to answer a connection) is not one to send traffic to.
 HEALTH_WAIT_S = 2
 
 
@@ -46,12 +47,14 @@ def refusing():
 
 
 def get_db(wait=QUEUE_TIMEOUT_S):
-    """Return this process's store for the current request or command, opening it if needed.
+    """Return a store for the current request or command, taken from this process's idle
+    connections or opened if there is none (a thread waits at most `wait` seconds for its turn
+    to open one).
 
-    One connection per process, reused across requests, so its setup runs once; a lock lets
-    one request (thread or greenlet) at a time use it, from its first statement to the end of
-    the request (waiting at most `wait` seconds for it). A connection the database dropped is
-    replaced here, at the next request.
+    Each thread serving a request uses a connection of its own from its first statement to the
+    end of the request (release_db gives it back), so a request that waits on the database
+    (a commit's fsync, a long read) holds up no other; connections are kept for the next
+    request, so their setup runs once. A connection the database dropped is replaced here.
     """
     store = g.get("wallet_db")
     if store is not None:
@@ -59,25 +62,30 @@ def get_db(wait=QUEUE_TIMEOUT_S):
     state = current_app.extensions["wallet_db"]
     probe = time.monotonic() < state["retry_at"] and _probe(state)
     try:
-        if not state["lock"].acquire(timeout=wait):
-            raise DatabaseUnavailable(f"waited {wait} s for this worker's connection to {state['label']}")
-    except BaseException:
-        state["probing"] = state["probing"] and not probe
-        raise
-    try:
-        if not probe and time.monotonic() < state["retry_at"]:  # it failed the request this one waited behind
-            raise DatabaseUnavailable(state["last_error"], away=False)
-        store = state["store"]
+        if state["pid"] != os.getpid():  # forked: the parent's connections are not ours to use
+            state.update(idle=[], pid=os.getpid())
+        try:
+            store = state["idle"].pop()
+        except IndexError:
+            store = None
         if probe and store is not None and store.usable():
             try:
                 store.ping()  # a connection from before the outage may be dead without knowing it yet
             except DatabaseUnavailable:
                 store.discard()
-        if store is None or state["pid"] != os.getpid() or not store.usable():
-            store = _open(current_app, state)
+        if store is None or not store.usable():
+            if store is not None:
+                store.close()
+            if not state["opening"].acquire(timeout=wait):
+                raise DatabaseUnavailable(f"waited {wait} s for a connection to {state['label']}")
+            try:
+                if not probe and time.monotonic() < state["retry_at"]:  # it failed the request this one waited behind
+                    raise DatabaseUnavailable(state["last_error"], away=False)
+                store = _open(current_app, state)
+            finally:
+                state["opening"].release()
     except BaseException:
         state["probing"] = state["probing"] and not probe
-        state["lock"].release()
         raise
     g.wallet_db = store
     return store
@@ -95,12 +103,9 @@ def _probe(state):
 
 
 def _open(app, state):
-    """(Re)open the store; on its first opening in this process also create the schema (or
-    check it exists, for a command) and check the currencies' decimals."""
-    if state["store"] is not None and state["pid"] == os.getpid():
-        with contextlib.suppress(Exception):
-            state["store"].close()
-    state["store"] = None
+    """Open a store (one thread at a time, see get_db); on the first opening in this process
+    also create the schema (or check it exists, for a command) and check the currencies'
+    decimals."""
     try:
         config = app.config
         with refusing():
@@ -113,13 +118,14 @@ def _open(app, state):
         try:
             if not state["prepared"]:
                 _prepare(app, store, state["create"])
+                state["prepared"] = True
         except BaseException:
             store.close()
             raise
     except DatabaseUnavailable as error:
         outage(app, error)
         raise
-    state.update(store=store, pid=os.getpid(), prepared=True, watermark=store.watermark)
+    state.update(prepared=True, watermark=store.watermark)
     if store.passed_over and store.passed_over != state["passed_over"]:
         # A server holding older books came back writable (an old primary): a split brain to end.
         state["passed_over"] = store.passed_over
@@ -148,6 +154,11 @@ def outage(app, error):
     if error.away:
         state["retry_at"] = time.monotonic() + RETRY_AFTER_S
         state["last_error"] = f"{error} (a moment ago; tried again after {RETRY_AFTER_S} s)"
+        if state["pid"] == os.getpid():  # the idle connections are from before: opened anew after it
+            idle, state["idle"] = state["idle"], []
+            for store in idle:
+                with contextlib.suppress(Exception):
+                    store.close()
     if not state["create"]:
         return
     if state["outage_since"] is None:
@@ -170,21 +181,23 @@ def recovered(app):
 
 
 def release_db(exc=None):
-    """At the end of a request or command: never leave a transaction open, free the store,
-    and note the end of an outage when the books served this request."""
+    """At the end of a request or command: never leave a transaction open, keep the store for
+    the next request, and note the end of an outage when the books served this request."""
     store = g.pop("wallet_db", None)
     if store is None:
         return
     state = current_app.extensions["wallet_db"]
     try:
         if not store.usable():
-            store.discard()
+            store.close()
+            store = None
         elif store.in_transaction():
             store.rollback()
     except Exception:  # a connection that fails even to roll back is replaced next time
-        store.discard()
-    finally:
-        state["lock"].release()
+        store.close()
+        store = None
+    if store is not None and state["pid"] == os.getpid():
+        state["idle"].append(store)
     if state["retry_at"] or state["probing"] or state["outage_since"] is not None:  # not on the everyday path
         if g.pop("wallet_db_failed", False):
             state["probing"] = False  # a failed probe: the next may try after PROBE_INTERVAL_S
@@ -203,11 +216,12 @@ def unavailable(error):
 
 
 def close_all(app):
-    """Close this app's connection (the tests call it; workers simply exit)."""
+    """Close this app's idle connections (the tests call it; workers simply exit)."""
     state = app.extensions["wallet_db"]
-    if state["store"] is not None and state["pid"] == os.getpid():
-        state["store"].close()
-    state.update(store=None, pid=None)
+    if state["pid"] == os.getpid():
+        while state["idle"]:
+            state["idle"].pop().close()
+    state.update(idle=[], pid=os.getpid())
 
 
 @click.command("init-db")
@@ -244,7 +258,7 @@ def init_app(app, create=True):
     else:
         label = f"SQLite file {os.path.abspath(app.config['DATABASE_PATH'])}"
     app.extensions["wallet_db"] = {
-        "lock": threading.RLock(), "store": None, "pid": None, "create": create,
+        "idle": [], "pid": os.getpid(), "opening": threading.Lock(), "create": create,
         "prepared": False, "label": label, "outage_since": None, "retry_at": 0.0,
         "last_error": None, "probing": False, "probe_at": 0.0, "alarmed": False, "watermark": None,
         "passed_over": None,

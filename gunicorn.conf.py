@@ -8,31 +8,30 @@ emptied before the workers start, a dead worker's counts folded in. See web/mult
 """
 
 # --- Worker class ---------------------------------------------------------------------------
-# gevent: each connection is a greenlet, so clients that send their request slowly (or never
-# finish it) hold only a greenlet, not a worker: the callbacks of everyone else are still
-# answered. A sync worker reads one request at a time, and a few such clients stall them all.
-# The app stays synchronous: db.get_db() lets one request at a time use a worker's database
-# connection, and reading a request's body happens before it takes it.
-# gunicorn's own refusals (bad framing, the limits below) answer the JSON error body:
-# serving.JsonRefusals overrides the Worker.handle_error all worker classes share.
+# Every core, no stalls (web/serving.py says how): the master deals the connections to the
+# workers in turn, so kept-alive connections spread over every worker (and core); a worker reads
+# each request in its main loop and hands a thread only a whole one, so clients that send their
+# request slowly (or never finish it) hold no thread, and a database call that blocks holds
+# only its own thread (with its own connection, db.get_db). gunicorn's own refusals (bad
+# framing, the limits below) answer the JSON error body: serving.JsonRefusals overrides the
+# Worker.handle_error all worker classes share.
 import os
-
-from gunicorn.workers.ggevent import GeventWorker
 
 import replication
 from web import multiproc
-from web.serving import JsonRefusals, binds, check_before_serving, refuse
+from web.serving import Dealer, WalletWorker, binds, check_before_serving, refuse
 
-
-class JsonGeventWorker(JsonRefusals, GeventWorker):
-    """gunicorn's gevent worker, refusing in JSON."""
-
-
-worker_class = JsonGeventWorker
+worker_class = WalletWorker
+# Threads per worker: each serves one request at a time with its own database connection.
+# sqlite3 and psycopg release the GIL while they wait, so a commit's fsync or a long read holds
+# its thread only. Writes take turns on the database anyway: more threads add connections and
+# GIL hand-offs, not callbacks per second.
+threads = 4
 worker_connections = 1000  # per worker: open connections, idle or slow ones included
-# A request head must arrive within this many seconds (gevent drops a client that is slower),
-# and an idle kept-alive connection stays open as long: longer than a PaaS router keeps one
-# (Heroku's: 90 s), so the router, not gunicorn, closes it and never reuses a closed one.
+# A request must arrive whole within this many seconds (the worker drops a client that is
+# slower, and gives it no thread meanwhile), and an idle kept-alive connection stays open as
+# long: longer than a PaaS router keeps one (Heroku's: 90 s), so the router, not gunicorn,
+# closes it and never reuses a closed one.
 keepalive = 95
 # gunicorn's control socket (gunicornc) is not used here, and every master on a machine would
 # share its one default path (~/.gunicorn/gunicorn.ctl): two instances on one host would clash.
@@ -70,8 +69,32 @@ def on_starting(server):
     multiproc.prepare()  # empty again: the check's child may have written its (zero) counters
 
 
+_dealer = None
+
+
+def when_ready(server):
+    """Start dealing connections to the workers (only to workers of WalletWorker's kind: a
+    worker class given on the command line accepts for itself)."""
+    global _dealer
+    if issubclass(server.worker_class, WalletWorker):
+        _dealer = Dealer(server.LISTENERS, server.log)
+        _dealer.start()
+
+
+def pre_fork(server, worker):
+    if _dealer is not None:
+        _dealer.add(worker)
+
+
+def post_fork(server, worker):
+    if _dealer is not None:
+        _dealer.in_worker(worker)
+
+
 def child_exit(server, worker):
     multiproc.worker_exited(worker.pid)
+    if _dealer is not None:
+        _dealer.remove(worker)
 
 
 def on_exit(server):

@@ -33,8 +33,7 @@ import time
 
 from flask import Flask, abort, request
 
-# As the project's postgres.py: psycopg waits for the server in C even under gevent's patched
-# select (one request at a time uses the connection), so both are measured alike.
+# As the project's store/postgres.py: psycopg waits for the server in C, so both are measured alike.
 os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_c")
 
 SCHEMA = """

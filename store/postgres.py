@@ -19,15 +19,12 @@ import datetime
 import itertools
 import os
 import select
-import sys
 import time
 
-# psycopg waits for the server in C, unless it finds gevent's patched select (the Procfile's
-# workers): then it waits in Python so that other greenlets run meanwhile, which cost 0.5 ms of
-# a worker's CPU per callback, measured. One request at a time uses a worker's connection
-# anyway (db.get_db), so waiting in C holds the worker's other connections still for the length
-# of a round trip, and at worst for the timeouts below (5 s for a statement, about 10 s for a
-# peer that vanished), within gunicorn's 30 s. (Set before psycopg is imported.)
+# psycopg waits for the server in C, without the GIL: the worker's other threads (each with a
+# connection of its own, db.get_db) run meanwhile. It would wait in Python if it found gevent's
+# patched select in the process (0.5 ms more of a worker's CPU per callback, measured when the
+# service ran on gevent): said here so that it never does. (Set before psycopg is imported.)
 os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_c")
 
 import psycopg  # noqa: E402
@@ -59,10 +56,6 @@ STATEMENT_TIMEOUT_MS = 5_000  # also bounds waiting for a lock
 # wait for an answer.
 COMMIT_TIMEOUT_S = 3
 CANCEL_TIMEOUT_S = 2  # for the cancel request to be delivered, then as long for the COMMIT's answer
-# A COMMIT's answer is first waited for in C, as every other statement's (wait_c above); one
-# slower than this is waited for cooperatively, so that a gevent worker's other connections
-# (/healthz among them) are served meanwhile.
-COMMIT_WAIT_IN_C_S = 0.05
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000  # a worker that died mid-transaction frees its locks
 SCHEMA_LOCK = 0x77A11E7  # advisory lock key held while creating the schema
 TYPES = {int: "BIGINT", str: 'TEXT COLLATE "C"', bytes: "BYTEA", float: "DOUBLE PRECISION"}
@@ -569,30 +562,10 @@ class PostgresStore(Store):
                 )
 
 
-def _original_poll():
-    """select.poll as it was before gevent patched it (waiting in C), or None if not patched."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("select"):
-        return None
-    return monkey.get_original("select", "poll")
-
-
-_poll_in_c = _original_poll()
-
-
 def _readable(fd, seconds):
-    """Wait until `fd` can be read (or has failed), at most `seconds`: in a gevent worker in C
-    for the first COMMIT_WAIT_IN_C_S, then cooperatively."""
-    if _poll_in_c is not None:
-        poller = _poll_in_c()
-        poller.register(fd, select.POLLIN)
-        in_c = min(seconds, COMMIT_WAIT_IN_C_S)
-        if poller.poll(in_c * 1000):
-            return True
-        seconds -= in_c
-        if seconds <= 0:
-            return False
-    poller = select.poll()  # gevent's, where it patched select
+    """Wait until `fd` can be read (or has failed), at most `seconds`; in C, without the GIL:
+    the worker's other threads serve meanwhile."""
+    poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(seconds * 1000))
 

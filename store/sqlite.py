@@ -4,6 +4,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 import time
 
 import sqlite_utils
@@ -17,6 +18,11 @@ BUSY_TIMEOUT_MS = 10_000
 # that Litestream's read transaction holds back: 10% more CPU per callback in the workers,
 # measured. 10,000 pages (40 MiB) still bounds the WAL while Litestream is not running.
 REPLICATED_AUTOCHECKPOINT_PAGES = 10_000
+# A process's writers (its threads, each with a connection of its own) take turns on a lock per
+# database before the writers' flock (see transaction): one thread per process polls the flock,
+# and the next one of the process is woken as soon as the last is done.
+_process_writers = {}  # path -> threading.Lock
+os.register_at_fork(after_in_child=_process_writers.clear)
 
 
 class SQLiteStore(Store):
@@ -98,8 +104,9 @@ class SQLiteStore(Store):
 
         The service's own processes first queue on an flock of a file beside the database:
         SQLite makes a writer that finds the lock taken sleep and retry (1, 2, 5 ... 100 ms),
-        which with several busy workers leaves one waiting for tens of milliseconds, and a
-        gevent worker's every connection with it; the flock is tried again every 2 ms at most.
+        which with several busy workers leaves one waiting for tens of milliseconds; the flock is
+        tried again every 2 ms at most, by one thread of a process at a time (the others wait
+        on a lock of the process's, which hands over at once).
         BEGIN IMMEDIATE still guards against any other writer.
         """
         if self._queue:
@@ -117,21 +124,27 @@ class SQLiteStore(Store):
                     self.conn.execute("ROLLBACK")
                 raise
         finally:
-            if self._writers is not None:
+            if self._queue:
                 fcntl.flock(self._writers, fcntl.LOCK_UN)
+                _process_writers[self.path].release()
 
     def _queue_up(self):
-        """Take the writers' flock, waiting at most busy_timeout: while another process holds it
-        the wait is short sleeps (a gevent worker serves its other connections meanwhile)."""
+        """Take the process's turn, then the writers' flock, waiting at most busy_timeout in all:
+        while another process holds the flock the wait is short sleeps (the worker's other
+        threads run meanwhile)."""
         if self._writers is None:
             self._writers = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT, 0o600)
         deadline, pause = time.monotonic() + BUSY_TIMEOUT_MS / 1000, 0.0002
+        turn = _process_writers.setdefault(self.path, threading.Lock())
+        if not turn.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+            raise DatabaseUnavailable(f"SQLite: {self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s")
         while True:
             try:
                 fcntl.flock(self._writers, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() > deadline:
+                    turn.release()
                     raise DatabaseUnavailable(f"SQLite: {self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)

@@ -144,7 +144,7 @@ def test_a_primary_set_read_only_fails_healthz_until_it_is_writable_again(shared
 
 
 def test_a_synchronous_standby_gone_answers_503_within_the_commit_limit_and_nothing_hangs(shared_pair, tmp_path):
-    """Callbacks in flight in a real gevent worker while the synchronous standby is stopped:
+    """Callbacks in flight in a real gunicorn worker while the synchronous standby is stopped:
     each gets the JSON 503 (the request's own timeout would fail the test if one hung), so
     does /healthz or it answers 200; with the standby back, the provider's retries settle each
     game once (a cancelled COMMIT was kept on the primary: the retry finds it applied)."""

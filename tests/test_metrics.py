@@ -241,6 +241,7 @@ def test_without_prometheus_multiproc_dir_the_service_makes_its_own_and_removes_
     play(server, 3, "own")
     assert callbacks(gunicorn_numbers(server), "start", "accepted") == 3
     server.stop()
+    assert server.process.returncode == 0 and "Traceback" not in server.log(), server.log()  # on_exit ran
     assert not made[0].exists()
 
 

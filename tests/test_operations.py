@@ -502,13 +502,15 @@ def test_refund_stale_racing_finishes_never_refunds_and_pays_one_game(gunicorn, 
         assert server.callback(start) == (200, {"result": True})
 
     answered = {}
+    # Built before the finishes flow: the race is the job's refunds against the finishes, and a
+    # worker's threads settle those in parallel, faster than the app is made on a busy machine.
+    cron = make_app(database=server.database).test_cli_runner()
     finishing = threading.Thread(target=_finish_all, args=(server, games, answered))
     finishing.start()
     deadline = time.monotonic() + 30
     while len(answered) < 20:  # the finishes are flowing: now the cron job runs
         assert finishing.is_alive() and time.monotonic() < deadline, "the finishes stopped"
         time.sleep(0.001)
-    cron = make_app(database=server.database).test_cli_runner()
     result = cron.invoke(args=["wallet", "refund-stale", "--older-than", "0", "--yes"])
     finishing.join()
 

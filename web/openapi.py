@@ -360,7 +360,10 @@ def build_spec():
                 "responses": {"200": _json("CallbacksPage"), **ERRORS}}})
     spec.path("/api/reconcile", operations={
         "get": {"summary": "Check that the books balance", "operationId": "reconcile", "security": ADMIN,
-                "responses": {"200": _json("Reconcile"), **ERRORS}}})
+                "responses": {"200": _json("Reconcile"), **ERRORS,
+                              "503": _json("Error", "`busy`: a reconciliation is already running on the worker "
+                                           "that took the request; retry after Retry-After seconds, or run "
+                                           "`flask --app app wallet reconcile` for large books.")}}})
     spec.path("/healthz", operations={"get": {"summary": "Health after a database round-trip", "operationId": "health",
                                               "responses": {"200": _json("Health", "Healthy"),
                                                             "503": _json("Health", "The database is unusable")}}})
