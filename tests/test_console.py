@@ -319,3 +319,19 @@ def test_a_win_held_unpaid_is_listed_and_paid_from_its_page_with_the_note(consol
     refused = console.post("/console/games/whale/settle", {"note": "again"})  # no room left: nothing moves
     assert "nothing paid" in console.get(refused.headers["Location"]).text
     assert wallet.balance(currency="BTC") == "10000000000.00000000"
+
+
+def test_a_form_without_a_stated_length_or_awaiting_continue_is_refused_unread(console):
+    """A chunked body or an Expect: 100-continue would be read by a serving thread at the
+    client's pace; a browser sends neither, so the console refuses both before reading."""
+    console.get("/console/sign-in")
+    form = f"name=ann&token={ADMIN_TOKEN}&csrf_token={console.csrf}".encode()
+    chunked = console.client.post("/console/sign-in", input_stream=io.BytesIO(form),
+                                  content_type="application/x-www-form-urlencoded",
+                                  headers={"Transfer-Encoding": "chunked"})
+    assert chunked.status_code == 411 and "Content-Length" in chunked.text
+    waiting = console.client.post("/console/sign-in", data=form, content_type="application/x-www-form-urlencoded",
+                                  headers={"Expect": "100-continue"})
+    assert waiting.status_code == 411
+    assert console.get("/console/").status_code == 302  # still not signed in
+    assert console.post("/console/sign-in", {"name": "ann", "token": ADMIN_TOKEN}).status_code == 302

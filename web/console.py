@@ -98,6 +98,12 @@ def gate():
         session.clear()
         flash("Signed out after a while without use: sign in again.")
     if request.method == "POST":
+        # A browser posts a form with its length stated and no Expect: the worker has read such a
+        # body whole before a thread serves it (web/serving.py). A chunked body, or one awaiting
+        # 100-continue, would be read by the thread itself, as slowly as an unsigned-in client
+        # likes: refused before reading.
+        if request.headers.get("Transfer-Encoding") or request.headers.get("Expect"):
+            raise ConsoleRefusal(411, "A form is posted with a Content-Length and no Expect header; nothing was changed.")
         given = request.form.get("csrf_token", "")
         if not hmac.compare_digest(given.encode(), session.get("csrf", "").encode()) or not given:
             raise ConsoleRefusal(400, "This form is out of date or was not sent from the console (no valid "
