@@ -372,6 +372,13 @@ class PostgresStore(Store):
             return self._cursor.execute(statement.text, params)
         except UNAVAILABLE as error:
             raise self._unavailable(error) from None
+        except psycopg.errors.FeatureNotSupported as error:
+            # After another instance added a column (a rolling upgrade), a statement this
+            # connection prepared before answers "cached plan must not change result type":
+            # nothing was done; the connection is replaced and the request answered 503.
+            self.forget_cached()
+            self.discard()
+            raise DatabaseUnavailable(f"PostgreSQL: {_one_line(error)}", away=False) from None
 
     def executemany(self, sql, rows):
         try:

@@ -194,6 +194,27 @@ def test_an_instance_starting_beside_a_serving_one_takes_no_lock_on_its_tables(n
         first.stop()
 
 
+def test_a_column_added_by_another_instance_is_a_503_then_served_not_a_500(new_postgres_database, app_on):
+    """A rolling upgrade: another instance adds a column while this one has statements prepared
+    (psycopg prepares one after a few runs); PostgreSQL then answers "cached plan must not change
+    result type". The request gets the JSON 503 and its retry is served on a new connection."""
+    url = new_postgres_database()
+    app = app_on(url)
+    wallet = Wallet(app.test_client(), app)
+    wallet.deposit("10.00")
+    for n in range(8):  # past psycopg's prepare threshold: the refund's SELECT * is prepared
+        wallet.start(game_id=f"g{n}", bet=1)
+        assert wallet.client.post(f"/api/games/g{n}/refund", headers=wallet.admin).status_code == 200
+    execute(url, "ALTER TABLE games ADD COLUMN added_by_a_newer_release TEXT")
+    wallet.start(game_id="after", bet=1)
+    first = wallet.client.post("/api/games/after/refund", headers=wallet.admin)
+    assert (first.status_code, first.json["error"]) == (503, "database_unavailable"), first.text
+    assert wallet.balance() == "9.00"  # nothing moved
+    retried = wallet.client.post("/api/games/after/refund", headers=wallet.admin)
+    assert retried.status_code == 200, retried.text
+    assert wallet.balance() == "10.00"
+
+
 def test_a_commit_that_postgresql_answers_with_rollback_is_not_a_success(new_postgres_database):
     """A statement that failed inside a transaction aborts it, and a COMMIT then answers
     ROLLBACK: the store must not take that for a commit, even if the failure was swallowed."""
