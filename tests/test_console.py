@@ -335,3 +335,20 @@ def test_a_form_without_a_stated_length_or_awaiting_continue_is_refused_unread(c
     assert waiting.status_code == 411
     assert console.get("/console/").status_code == 302  # still not signed in
     assert console.post("/console/sign-in", {"name": "ann", "token": ADMIN_TOKEN}).status_code == 302
+
+
+def test_refunding_many_games_at_once_keeps_the_session_cookie_small(console, wallet):
+    """The result of each refund rides in the signed session cookie; a selection of 40 is summed
+    up in two lines, so the cookie stays within what a browser keeps (4 KB)."""
+    wallet.deposit("100.00")
+    games = [f"stuck-{n:02d}-{'x' * 40}" for n in range(40)]
+    for game_id in games:
+        assert wallet.start(game_id, bet=1).json == {"result": True}
+    signed_in(console)
+    response = console.post("/console/refunds", {"game": games + ["no-such-game"], "note": "provider outage"})
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert len(cookie) < 4096, len(cookie)
+    page = console.get(response.headers["Location"]).text
+    assert "Refunded 40 of 41 games" in page and "Not refunded: 1 of 41 games" in page
+    assert wallet.balance() == "100.00"

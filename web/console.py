@@ -47,6 +47,7 @@ SECURITY_HEADERS = {
 PUBLIC = {"console.sign_in", "console.stylesheet", "console.icon"}  # what answers before signing in
 IDLE_SECONDS = 30 * 60  # a session unused this long is signed out
 STALE_MINUTES = 60  # "needs attention": open bets older than this, by default
+FLASHED_ONE_BY_ONE = 5  # refunds said one by one; more are summed up (the flashes ride in the cookie)
 NOTE_MAX = 200
 NAME_MAX = 64
 REPORT_MAX_DAYS = 366
@@ -381,15 +382,28 @@ def refunds():
     chosen = list(dict.fromkeys(request.form.getlist("game")))[:100]
     note = _note()
     store = db.get_db()
+    refunded, refused = [], []
     for game_id in chosen:
         try:
             schemas.load(schemas.path_schema, {"game_id": game_id}, "game id")
             _, body = wallet.refund_game(store, game_id, note=note)
         except ApiError as exc:
-            flash(f"Game {game_id}: not refunded: {exc.message}", "error")
+            refused.append(f"Game {game_id}: not refunded: {exc.message}")
         else:
-            flash(f"Game {game_id}: refunded {body['game']['bet']} {body['game']['currency']} to "
-                  f"{body['game']['player_id']}; the balance is {body['wallet']['balance']}.")
+            refunded.append(f"Game {game_id}: refunded {body['game']['bet']} {body['game']['currency']} to "
+                            f"{body['game']['player_id']}; the balance is {body['wallet']['balance']}.")
+    # The messages ride in the signed session cookie (about 4 KB at most): a few are said one by
+    # one, a larger selection in one line each for what was refunded and what was not.
+    if len(chosen) <= FLASHED_ONE_BY_ONE:
+        for message in refunded:
+            flash(message)
+        for message in refused:
+            flash(message, "error")
+    else:
+        if refunded:
+            flash(f"Refunded {len(refunded)} of {len(chosen)} games (their ledger rows carry your note).")
+        if refused:
+            flash(f"Not refunded: {len(refused)} of {len(chosen)} games; the first: {refused[0]}", "error")
     if len(chosen) == 1:
         return redirect(url_for("console.game", game_id=chosen[0]))
     return redirect(url_for("console.attention"))
