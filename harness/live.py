@@ -161,12 +161,22 @@ class Gunicorn:
                 status = None
             if status == 200:
                 self.workers = workers_of(self.process.pid)
-                if len(self.workers) == self.workers_wanted:
+                if len(self.workers) == self.workers_wanted and self._every_worker_answered():
                     if self.access_log:
                         self.access_log.write_text("")  # count only the test's own requests
                     return self
             time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer /healthz within {timeout:g} s:\n{self.log()}")
+
+    def _every_worker_answered(self):
+        """Whether every worker has answered a /healthz (the master deals each new connection to
+        the next worker that has loaded the app: one still loading it gets none), as far as the
+        access log tells; without one, a forked worker counts."""
+        if not self.access_log or not self.access_log.exists():
+            return True
+        answered = {line.split()[0] for line in self.access_log.read_text().splitlines()
+                    if line.split()[3:4] == ["/healthz"]}
+        return {f"<{pid}>" for pid in self.workers} <= answered
 
     def refused(self):
         """Start it expecting gunicorn to refuse: its exit status and log (fails the test if it serves)."""
